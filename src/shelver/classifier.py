@@ -1,0 +1,173 @@
+"""``HierarchicalClassifier``: an sklearn estimator from query texts to ``(n, 2)`` label paths.
+
+Body and head, as in setfit: an encoder turns texts into embeddings once (cached by text),
+and a head (flat, masked or per-group) is trained on them. ``__init__`` only stores
+parameters; everything learned ends in ``_`` and is set in ``fit``; training data is not kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from shelver.data import check_labels
+from shelver.decisions import Prediction
+from shelver.encoders import CachedEncoder, Encoder, make_encoder
+from shelver.errors import ConfigError, DataError, NotFittedError
+from shelver.heads import Head, LinearOptions, make_head
+from shelver.taxonomy import Taxonomy
+
+
+class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
+    """Two-level query classifier.
+
+    Parameters
+    ----------
+    taxonomy : the explicit tree every prediction must belong to (never inferred from ``y``).
+    encoder : ``"minilm"`` (default), ``"hashing"``, a sentence-transformers path, or an
+        ``Encoder`` instance (shared instances share their embedding cache).
+    head : ``"per_group"`` (default), ``"masked"`` or ``"flat"``.
+    C, class_weight, max_iter : passed to every logistic-regression head.
+    random_state : seed of every fitted component.
+    progress : show progress bars while encoding and fitting.
+    """
+
+    def __init__(
+        self,
+        taxonomy: Taxonomy | None = None,
+        encoder: str | Encoder = "minilm",
+        head: str = "per_group",
+        C: float = 10.0,
+        class_weight: str | None = None,
+        max_iter: int = 300,
+        random_state: int = 0,
+        progress: bool = False,
+    ) -> None:
+        self.taxonomy = taxonomy
+        self.encoder = encoder
+        self.head = head
+        self.C = C
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.progress = progress
+
+    # ---- fitting ------------------------------------------------------------------------
+    def fit(self, X: Sequence[str], y: Any) -> HierarchicalClassifier:
+        if self.taxonomy is None:
+            raise ConfigError("HierarchicalClassifier needs taxonomy=Taxonomy.load(...); "
+                              "the tree is never inferred from the labels")
+        texts, labels = _as_texts(X), _as_labels(y, self.taxonomy)
+        if len(texts) != len(labels):
+            raise DataError(f"X has {len(texts):,} texts but y has {len(labels):,} rows")
+        leaves = np.array([self.taxonomy.leaf_index[tuple(row)] for row in labels])
+        self.taxonomy_ = self.taxonomy
+        self.encoder_ = self._build_encoder()
+        embeddings = self.encoder_.encode(texts, progress=self.progress)
+        self.head_: Head = make_head(self.head, self.taxonomy).fit(
+            embeddings, leaves, self._options(), progress=self.progress)
+        self.train_counts_ = np.bincount(leaves, minlength=len(self.taxonomy))
+        self.train_fingerprint_ = _fingerprint(texts, labels)
+        self.classes_ = [np.array(self.taxonomy.categories),
+                         np.array([" > ".join(p) for p in self.taxonomy.paths])]
+        return self
+
+    def _build_encoder(self) -> Encoder:
+        encoder = make_encoder(self.encoder)
+        return encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder)
+
+    def _options(self) -> LinearOptions:
+        return LinearOptions(C=self.C, class_weight=self.class_weight,
+                             max_iter=self.max_iter, random_state=self.random_state)
+
+    # ---- predicting ---------------------------------------------------------------------
+    def predict_proba(self, X: Sequence[str]) -> list[np.ndarray]:
+        """``[P1 (n, n_categories), P2 (n, n_leaves)]``; ``P2`` is the joint leaf probability."""
+        return list(self.head_proba(self.embed(X)))
+
+    def embed(self, X: Sequence[str]) -> np.ndarray:
+        self._check_fitted()
+        return self.encoder_.encode(_as_texts(X), progress=self.progress)
+
+    def head_proba(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._check_fitted()
+        return self.head_.proba(embeddings)
+
+    def decode(self, P1: np.ndarray, P2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the predicted category and leaf of each row.
+
+        Flat decodes leaf first (the category is the leaf's parent); the other heads decode
+        top-down, so the leaf is always a child of the category.
+        """
+        leaf_category = np.asarray(self.taxonomy_.leaf_category)
+        if self.head_.leaf_first:
+            leaves = P2.argmax(axis=1)
+            return leaf_category[leaves], leaves
+        categories = P1.argmax(axis=1)
+        masked = np.where(leaf_category[None, :] == categories[:, None], P2, -1.0)
+        return categories, masked.argmax(axis=1)
+
+    def predict(self, X: Sequence[str]) -> np.ndarray:
+        """``(n, 2)`` array of ``[category, subcategory]`` strings."""
+        categories, leaves = self.decode(*self.predict_proba(X))
+        return np.array([self.taxonomy_.paths[i] for i in leaves], dtype=object).reshape(-1, 2).astype(str)
+
+    def classify(self, X: Sequence[str]) -> list[Prediction]:
+        """One ``Prediction`` per text: the path and the confidence at each level."""
+        texts = _as_texts(X)
+        P1, P2 = self.predict_proba(texts)
+        categories, leaves = self.decode(P1, P2)
+        rows = np.arange(len(texts))
+        conf1, conf2 = P1[rows, categories], P2[rows, leaves]
+        return [Prediction(text, self.taxonomy_.paths[leaf], (float(c1), float(c2)))
+                for text, leaf, c1, c2 in zip(texts, leaves, conf1, conf2, strict=True)]
+
+    def score(self, X: Sequence[str], y: Any, sample_weight: Any = None) -> float:
+        """Leaf (level-2) accuracy."""
+        predicted = self.predict(X)
+        truth = _as_labels(y, self.taxonomy_)
+        return float(np.mean((predicted == truth).all(axis=1)))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "head_"):
+            raise NotFittedError("this HierarchicalClassifier is not fitted yet: call fit(X, y) "
+                                 "or load a model directory with shelver.load_model(path)")
+
+    # ---- persistence --------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        from shelver.model_dir import save_model
+
+        return save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, taxonomy: Taxonomy | None = None) -> HierarchicalClassifier:
+        from shelver.model_dir import load_model
+
+        return load_model(path, taxonomy=taxonomy)
+
+
+def _as_texts(X: Any) -> list[str]:
+    if isinstance(X, str):
+        raise DataError("X must be a sequence of texts, not one string: wrap it in a list")
+    return [str(x) for x in X]
+
+
+def _as_labels(y: Any, taxonomy: Taxonomy) -> np.ndarray:
+    labels = np.asarray(y, dtype=object)
+    if labels.ndim != 2 or labels.shape[1] != taxonomy.depth:
+        raise DataError(f"y must be an (n, {taxonomy.depth}) array of [{', '.join(taxonomy.levels)}] "
+                        f"strings, got shape {labels.shape}")
+    labels = labels.astype(str)
+    check_labels(labels, taxonomy, "y")
+    return labels
+
+
+def _fingerprint(texts: Sequence[str], labels: np.ndarray) -> str:
+    """Order-independent digest of the training rows."""
+    rows = sorted(f"{t}\t{' > '.join(row)}" for t, row in zip(texts, labels, strict=True))
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()

@@ -1,0 +1,125 @@
+"""Read and write labeled data: CSV, Parquet, JSONL (and plain text for unlabeled queries).
+
+A labeled file has a ``text`` column and either one column per taxonomy level (named as the
+taxonomy names its levels) or a ``path`` column ``"Category > Subcategory"``. An optional
+``source`` column carries each row's provenance (``human``, ``llm:<model>``, ``synthetic:...``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shelver.errors import DataError
+from shelver.taxonomy import Taxonomy, parse_path
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json")
+
+
+@dataclass(frozen=True)
+class LabeledData:
+    """Texts, their ``(n, depth)`` label array, and where each label came from."""
+
+    texts: list[str]
+    y: np.ndarray
+    source: list[str]
+    origin: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Any supported file as a frame of strings; ``NA`` stays the string ``"NA"``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        elif suffix in (".jsonl", ".ndjson", ".json"):
+            frame = pd.read_json(path, lines=suffix != ".json", dtype=False)
+        elif suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        else:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            frame = pd.DataFrame({"text": lines})
+    except (ValueError, OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot be read as {suffix or 'text'} ({err})") from None
+    if frame.empty and not len(frame.columns):
+        raise DataError(f"{path} is empty: it needs a header row and at least one data row")
+    return frame
+
+
+def texts_of(frame: pd.DataFrame, origin: str, column: str = "text") -> list[str]:
+    """The text column, checked: present, and no empty values."""
+    if column not in frame.columns:
+        raise DataError(f"{origin} has no {column!r} column (columns: {', '.join(map(str, frame.columns))}); "
+                        f"rename the column that holds the queries to {column!r}")
+    texts = frame[column].fillna("").astype(str).str.strip()
+    empty = np.flatnonzero(texts.eq("").to_numpy())
+    if len(empty):
+        raise DataError(f"{origin}: row {empty[0] + 1:,} has an empty {column!r}"
+                        f"{_and_more(len(empty))}; remove empty rows or fill them in")
+    return texts.tolist()
+
+
+def read_labeled(path: str | Path, taxonomy: Taxonomy) -> LabeledData:
+    """Read a labeled file and check every row's path against the taxonomy."""
+    frame = read_table(path)
+    origin = Path(path).name
+    if frame.empty:
+        raise DataError(f"{origin} has no rows; a labeled file needs at least one")
+    texts = texts_of(frame, origin)
+    y = labels_of(frame, taxonomy, origin)
+    source = frame["source"].astype(str).tolist() if "source" in frame.columns else ["human"] * len(texts)
+    return LabeledData(texts, y, source, origin)
+
+
+def labels_of(frame: pd.DataFrame, taxonomy: Taxonomy, origin: str) -> np.ndarray:
+    """``(n, depth)`` label array from level columns or a ``path`` column, validated."""
+    levels = list(taxonomy.levels)
+    if all(level in frame.columns for level in levels):
+        y = frame[levels].fillna("").astype(str).apply(lambda c: c.str.strip()).to_numpy()
+    elif "path" in frame.columns:
+        y = np.array([_split_path(p, taxonomy.depth) for p in frame["path"].astype(str)], dtype=object)
+    else:
+        raise DataError(f"{origin} has no label columns: give one column per level "
+                        f"({', '.join(levels)}) or a 'path' column like 'Shoes > Sneakers'")
+    check_labels(y, taxonomy, origin)
+    return y.astype(str)
+
+
+def check_labels(y: np.ndarray, taxonomy: Taxonomy, origin: str) -> None:
+    """Raise on the first row whose path is not a leaf, counting the others."""
+    bad = [i for i, row in enumerate(map(tuple, y)) if row not in taxonomy.leaf_index]
+    if bad:
+        first = bad[0]
+        reason = taxonomy.explain_unknown(tuple(y[first]))
+        raise DataError(f"{reason} (row {first + 1:,} of {origin}){_and_more(len(bad))}; "
+                        "fix the label or add the path to the taxonomy")
+
+
+def _split_path(text: str, depth: int) -> tuple[str, ...]:
+    parts = parse_path(text)
+    return parts if len(parts) == depth else (*parts, *[""] * (depth - len(parts)))[:depth]
+
+
+def _and_more(count: int) -> str:
+    return f" (and {count - 1:,} more like it)" if count > 1 else ""
+
+
+def read_queries(path: str | Path | None, column: str = "text") -> list[str]:
+    """Queries to classify: a table with a ``text`` column, a text file, or stdin (``None``)."""
+    import sys
+
+    if path is None or str(path) == "-":
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    frame = read_table(path)
+    if Path(path).suffix.lower() in TABLE_SUFFIXES:
+        return texts_of(frame, Path(path).name, column)
+    return [t for t in frame["text"].tolist() if t.strip()]

@@ -1,0 +1,256 @@
+"""Three ways to put a hierarchy on top of one set of embeddings.
+
+- ``flat``: one classifier over all leaves; the category is the predicted leaf's parent.
+- ``masked``: a router picks the category, then the flat classifier is restricted to its children.
+- ``per_group`` (default): the router, plus one independent classifier per category trained
+  only on that category's rows.
+
+Every head returns the same thing: ``P1`` over categories and ``P2`` over leaves, each row
+summing to 1, with ``P2`` the *joint* probability of the leaf (so ``P1`` is ``P2`` summed over
+each category's children). Learned weights are plain arrays: prediction is NumPy only, and
+saving never needs pickle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from shelver.errors import ConfigError
+from shelver.taxonomy import Taxonomy
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class LinearOptions:
+    """How each linear classifier is fitted (the estimator's parameters, passed down)."""
+
+    C: float = 10.0
+    class_weight: str | None = None
+    max_iter: int = 300
+    random_state: int = 0
+
+
+@dataclass
+class LinearSoftmax:
+    """Multinomial logistic regression as arrays: ``softmax(X @ coef.T + intercept)``.
+
+    ``classes`` are indices into the caller's label space; a single seen class gives a
+    constant classifier (its answer is certain).
+    """
+
+    classes: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+
+    @classmethod
+    def fit(cls, X: np.ndarray, y: np.ndarray, options: LinearOptions) -> LinearSoftmax:
+        classes = np.unique(y)
+        if len(classes) == 1:
+            return cls(classes, np.zeros((1, X.shape[1]), np.float32), np.zeros(1, np.float32))
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(
+            C=options.C, class_weight=options.class_weight, max_iter=options.max_iter,
+            random_state=options.random_state,
+        ).fit(X, y)
+        coef, intercept = model.coef_, model.intercept_
+        if len(classes) == 2:  # sklearn keeps one row for two classes: make it symmetric
+            coef = np.vstack([-coef / 2, coef / 2])
+            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+        return cls(classes, coef.astype(np.float32), intercept.astype(np.float32))
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        """``(n, len(classes))`` probabilities."""
+        return softmax(X @ self.coef.T + self.intercept)
+
+    def proba_over(self, X: np.ndarray, n_labels: int) -> np.ndarray:
+        """Probabilities scattered into the full ``(n, n_labels)`` label space."""
+        out = np.zeros((X.shape[0], n_labels), dtype=np.float32)
+        out[:, self.classes] = self.proba(X)
+        return out
+
+    def to_arrays(self, prefix: str) -> Arrays:
+        return {f"{prefix}.classes": self.classes.astype(np.int64),
+                f"{prefix}.coef": self.coef, f"{prefix}.intercept": self.intercept}
+
+    @classmethod
+    def from_arrays(cls, arrays: Arrays, prefix: str) -> LinearSoftmax:
+        return cls(arrays[f"{prefix}.classes"], arrays[f"{prefix}.coef"], arrays[f"{prefix}.intercept"])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted, dtype=np.float32)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class Head:
+    """Base of the three heads: ``fit`` on embeddings and leaf indices, ``proba`` -> (P1, P2)."""
+
+    name: ClassVar[str]
+    # flat decodes leaf first (category = the leaf's parent); the others decode top-down
+    leaf_first: ClassVar[bool] = False
+
+    def __init__(self, taxonomy: Taxonomy) -> None:
+        self.taxonomy = taxonomy
+        self.leaf_category = np.asarray(taxonomy.leaf_category)
+
+    def fit(self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions,
+            progress: bool = False) -> Head:
+        raise NotImplementedError
+
+    def proba(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def to_arrays(self) -> Arrays:
+        raise NotImplementedError
+
+    @classmethod
+    def from_arrays(cls, taxonomy: Taxonomy, arrays: Arrays) -> Head:
+        raise NotImplementedError
+
+    def category_sums(self, P2: np.ndarray) -> np.ndarray:
+        """Sum joint leaf probabilities into their categories."""
+        P1 = np.zeros((P2.shape[0], len(self.taxonomy.categories)), dtype=np.float32)
+        np.add.at(P1.T, self.leaf_category, P2.T)
+        return P1
+
+
+class FlatHead(Head):
+    name = "flat"
+    leaf_first = True
+
+    def fit(self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions,
+            progress: bool = False) -> FlatHead:
+        with _steps(1, "flat head", progress):
+            self.leaf_model = LinearSoftmax.fit(X, leaves, options)
+        return self
+
+    def proba(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        P2 = self.leaf_model.proba_over(X, len(self.taxonomy))
+        return self.category_sums(P2), P2
+
+    def to_arrays(self) -> Arrays:
+        return self.leaf_model.to_arrays("flat")
+
+    @classmethod
+    def from_arrays(cls, taxonomy: Taxonomy, arrays: Arrays) -> FlatHead:
+        head = cls(taxonomy)
+        head.leaf_model = LinearSoftmax.from_arrays(arrays, "flat")
+        return head
+
+
+class MaskedHead(Head):
+    """Router for the category, then the global leaf classifier masked to its children."""
+
+    name = "masked"
+
+    def fit(self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions,
+            progress: bool = False) -> MaskedHead:
+        with _steps(2, "masked head (router + flat)", progress) as bar:
+            self.router = LinearSoftmax.fit(X, self.leaf_category[leaves], options)
+            bar.update()
+            self.leaf_model = LinearSoftmax.fit(X, leaves, options)
+        return self
+
+    def proba(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        P1 = self.router.proba_over(X, len(self.taxonomy.categories))
+        flat = self.leaf_model.proba_over(X, len(self.taxonomy))
+        within = flat / np.maximum(self.category_sums(flat), 1e-12)[:, self.leaf_category]
+        return P1, _fill_unseen(within, self.leaf_category, self.taxonomy) * P1[:, self.leaf_category]
+
+    def to_arrays(self) -> Arrays:
+        return {**self.router.to_arrays("router"), **self.leaf_model.to_arrays("flat")}
+
+    @classmethod
+    def from_arrays(cls, taxonomy: Taxonomy, arrays: Arrays) -> MaskedHead:
+        head = cls(taxonomy)
+        head.router = LinearSoftmax.from_arrays(arrays, "router")
+        head.leaf_model = LinearSoftmax.from_arrays(arrays, "flat")
+        return head
+
+
+class PerGroupHead(Head):
+    """Router over categories plus an independent classifier per category."""
+
+    name = "per_group"
+
+    def fit(self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions,
+            progress: bool = False) -> PerGroupHead:
+        categories = self.leaf_category[leaves]
+        self.groups: dict[int, LinearSoftmax] = {}
+        with _steps(1 + len(self.taxonomy.categories), "per-group heads", progress) as bar:
+            self.router = LinearSoftmax.fit(X, categories, options)
+            bar.update()
+            for c in range(len(self.taxonomy.categories)):
+                rows = categories == c
+                # a group whose rows all share one child gets a constant model: its answer is certain
+                if rows.any():
+                    self.groups[c] = LinearSoftmax.fit(X[rows], leaves[rows], options)
+                bar.update()
+        return self
+
+    def proba(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        P1 = self.router.proba_over(X, len(self.taxonomy.categories))
+        within = np.zeros((X.shape[0], len(self.taxonomy)), dtype=np.float32)
+        for model in self.groups.values():
+            within[:, model.classes] = model.proba(X)
+        within = _fill_unseen(within, self.leaf_category, self.taxonomy)
+        return P1, within * P1[:, self.leaf_category]
+
+    def to_arrays(self) -> Arrays:
+        arrays = self.router.to_arrays("router")
+        for c, model in self.groups.items():
+            arrays.update(model.to_arrays(f"group.{c}"))
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, taxonomy: Taxonomy, arrays: Arrays) -> PerGroupHead:
+        head = cls(taxonomy)
+        head.router = LinearSoftmax.from_arrays(arrays, "router")
+        ids = sorted({int(k.split(".")[1]) for k in arrays if k.startswith("group.")})
+        head.groups = {c: LinearSoftmax.from_arrays(arrays, f"group.{c}") for c in ids}
+        return head
+
+
+def _fill_unseen(within: np.ndarray, leaf_category: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
+    """Categories never seen in training share their mass evenly among their children."""
+    totals = np.zeros((within.shape[0], len(taxonomy.categories)), dtype=np.float32)
+    np.add.at(totals.T, leaf_category, within.T)
+    empty = totals[:, leaf_category] <= 0
+    if empty.any():
+        sizes = np.bincount(leaf_category)[leaf_category].astype(np.float32)
+        within = np.where(empty, 1.0 / sizes, within)
+    return within
+
+
+HEADS: dict[str, type[Head]] = {h.name: h for h in (FlatHead, MaskedHead, PerGroupHead)}
+
+
+def make_head(name: str, taxonomy: Taxonomy) -> Head:
+    if name not in HEADS:
+        raise ConfigError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
+    if taxonomy.depth != 2:
+        raise ConfigError(f"heads support two-level taxonomies today; {taxonomy.source} has "
+                          f"{taxonomy.depth} levels ({', '.join(taxonomy.levels)})")
+    return HEADS[name](taxonomy)
+
+
+class _steps:
+    """A progress bar over a known number of fitting steps (silent when ``progress`` is off)."""
+
+    def __init__(self, total: int, desc: str, progress: bool) -> None:
+        self.bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+
+    def __enter__(self) -> tqdm:
+        return self.bar
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
+

@@ -1,0 +1,169 @@
+"""A model directory: JSON config and manifest, arrays in safetensors. Never pickle.
+
+```
+MODEL_DIR/
+  manifest.json      versions, taxonomy hash, training fingerprint and counts, file hashes
+  config.json        the estimator's parameters and the encoder spec
+  taxonomy.json      the tree the model was trained on
+  heads.safetensors  every head's weights
+  encoder/           a copy of a local (fine-tuned) encoder, when the encoder is not built in
+```
+Loading re-hashes every file and refuses a model whose files changed, or whose taxonomy is
+not the one the caller expects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shelver.errors import ModelDirError
+from shelver.heads import HEADS
+from shelver.taxonomy import Taxonomy, format_path
+
+if TYPE_CHECKING:
+    from shelver.classifier import HierarchicalClassifier
+
+FORMAT_VERSION = 1
+HASHED_FILES = ("config.json", "taxonomy.json", "heads.safetensors")
+
+
+def save_model(model: HierarchicalClassifier, path: str | Path) -> Path:
+    """Write ``model`` to ``path`` (created; an existing model there is replaced)."""
+    from safetensors.numpy import save_file
+
+    model._check_fitted()
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    model.taxonomy_.save(out / "taxonomy.json")
+    arrays = {k: np.ascontiguousarray(v) for k, v in model.head_.to_arrays().items()}
+    save_file(arrays, str(out / "heads.safetensors"))
+    _write_json(out / "config.json", {"params": _params(model), "encoder": _encoder_entry(model, out)})
+    _write_json(out / "manifest.json", _manifest(model, out))
+    return out
+
+
+def _params(model: HierarchicalClassifier) -> dict[str, Any]:
+    params = model.get_params(deep=False)
+    params.pop("taxonomy")
+    params["encoder"] = model.encoder_.spec
+    return params
+
+
+def _encoder_entry(model: HierarchicalClassifier, out: Path) -> dict[str, Any]:
+    """Built-in encoders are stored by name; a local directory is copied into the model."""
+    spec = model.encoder_.spec
+    entry = {"spec": spec, "fingerprint": model.encoder_.fingerprint()}
+    source = Path(spec)
+    if source.is_dir() and source.resolve() != (out / "encoder").resolve():
+        shutil.rmtree(out / "encoder", ignore_errors=True)
+        shutil.copytree(source, out / "encoder")
+    if source.is_dir():
+        entry["spec"] = "encoder"
+    return entry
+
+
+def _manifest(model: HierarchicalClassifier, out: Path) -> dict[str, Any]:
+    from shelver import __version__
+
+    counts = {format_path(p): int(n) for p, n in zip(model.taxonomy_.paths, model.train_counts_, strict=True)}
+    return {
+        "format_version": FORMAT_VERSION,
+        "shelver_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "taxonomy": {"name": model.taxonomy_.name, "hash": model.taxonomy_.hash},
+        "training": {"n": int(model.train_counts_.sum()), "fingerprint": model.train_fingerprint_,
+                     "counts": counts},
+        "files": {name: _sha256(out / name) for name in HASHED_FILES},
+    }
+
+
+def load_model(path: str | Path, taxonomy: Taxonomy | None = None) -> HierarchicalClassifier:
+    """Read a model directory, checking file hashes and (if given) the expected taxonomy."""
+    from safetensors.numpy import load_file
+
+    from shelver.classifier import HierarchicalClassifier
+
+    root = Path(path)
+    manifest = read_manifest(root)
+    _check_hashes(root, manifest)
+    config = json.loads((root / "config.json").read_text())
+    trained_on = Taxonomy.load(root / "taxonomy.json")
+    if taxonomy is not None:
+        check_same_taxonomy(trained_on, taxonomy)
+    params = dict(config["params"], encoder=_encoder_spec(root, config["encoder"]))
+    model = HierarchicalClassifier(taxonomy=trained_on, **params)
+    head_cls = HEADS[params["head"]]
+    _restore(model, manifest, head_cls.from_arrays(trained_on, load_file(str(root / "heads.safetensors"))))
+    return model
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    if not root.is_dir():
+        raise ModelDirError(f"model directory {str(root)!r} does not exist; train one with "
+                            "'shelver train ... --out DIR'")
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise ModelDirError(f"{root} is not a shelver model directory (no manifest.json); "
+                            "pass the --out directory of 'shelver train'")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelDirError(f"{manifest_path} is corrupt ({err.msg}); retrain the model") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelDirError(f"{root} has model format {manifest.get('format_version')!r}; this "
+                            f"shelver reads format {FORMAT_VERSION}: retrain with this version")
+    return manifest
+
+
+def _check_hashes(root: Path, manifest: dict[str, Any]) -> None:
+    for name, expected in manifest["files"].items():
+        file = root / name
+        if not file.is_file():
+            raise ModelDirError(f"{root} is incomplete: {name} is missing; retrain the model")
+        if _sha256(file) != expected:
+            raise ModelDirError(f"{file} was modified after the model was saved (its SHA-256 no "
+                                "longer matches manifest.json); restore it or retrain the model")
+
+
+def check_same_taxonomy(trained_on: Taxonomy, expected: Taxonomy) -> None:
+    if trained_on.hash == expected.hash:
+        return
+    added = set(expected.paths) - set(trained_on.paths)
+    removed = set(trained_on.paths) - set(expected.paths)
+    example = format_path(sorted(added or removed)[0]) if added or removed else "the level names"
+    raise ModelDirError(
+        f"the model was trained on a different taxonomy ({len(added)} path(s) added, "
+        f"{len(removed)} removed since, e.g. {example!r}; or reordered); retrain it with "
+        "'shelver train --taxonomy ...' on the new taxonomy"
+    )
+
+
+def _encoder_spec(root: Path, entry: dict[str, Any]) -> str:
+    spec = entry["spec"]
+    return str(root / "encoder") if spec == "encoder" else spec
+
+
+def _restore(model: HierarchicalClassifier, manifest: dict[str, Any], head: Any) -> None:
+    taxonomy = model.taxonomy
+    counts = manifest["training"]["counts"]
+    model.taxonomy_ = taxonomy
+    model.encoder_ = model._build_encoder()
+    model.head_ = head
+    model.train_counts_ = np.array([counts.get(format_path(p), 0) for p in taxonomy.paths])
+    model.train_fingerprint_ = manifest["training"]["fingerprint"]
+    model.classes_ = [np.array(taxonomy.categories), np.array([format_path(p) for p in taxonomy.paths])]
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
