@@ -114,7 +114,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Sequence[str]) -> np.ndarray:
         """``(n, 2)`` array of ``[category, subcategory]`` strings."""
-        categories, leaves = self.decode(*self.predict_proba(X))
+        _, leaves = self.decode(*self.predict_proba(X))
         return np.array([self.taxonomy_.paths[i] for i in leaves], dtype=object).reshape(-1, 2).astype(str)
 
     def classify(self, X: Sequence[str]) -> list[Prediction]:
