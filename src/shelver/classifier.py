@@ -31,6 +31,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     taxonomy : the explicit tree every prediction must belong to (never inferred from ``y``).
     encoder : ``"minilm"`` (default), ``"hashing"``, a sentence-transformers path, or an
         ``Encoder`` instance (shared instances share their embedding cache).
+    encoder_options : keyword options for the encoder (``max_seq_length``, ``batch_size``).
     head : ``"per_group"`` (default), ``"masked"`` or ``"flat"``.
     C, class_weight, max_iter : passed to every logistic-regression head.
     random_state : seed of every fitted component.
@@ -41,6 +42,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         self,
         taxonomy: Taxonomy | None = None,
         encoder: str | Encoder = "minilm",
+        encoder_options: dict[str, Any] | None = None,
         head: str = "per_group",
         C: float = 10.0,
         class_weight: str | None = None,
@@ -50,6 +52,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     ) -> None:
         self.taxonomy = taxonomy
         self.encoder = encoder
+        self.encoder_options = encoder_options
         self.head = head
         self.C = C
         self.class_weight = class_weight
@@ -78,7 +81,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _build_encoder(self) -> Encoder:
-        encoder = make_encoder(self.encoder)
+        encoder = make_encoder(self.encoder, **(self.encoder_options or {}))
         return encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder)
 
     def _options(self) -> LinearOptions:

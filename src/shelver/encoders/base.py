@@ -55,14 +55,10 @@ def make_encoder(spec: str | Encoder, **options: object) -> Encoder:
     """Build an encoder from its spec string; an ``Encoder`` instance is returned as is."""
     if not isinstance(spec, str):
         return spec
-    if spec == "hashing" or spec.startswith("hashing:"):
+    if spec == "hashing" or spec.startswith("hashing:"):  # options shape transformer encoders only
         from shelver.encoders.hashing import HashingEncoder
 
         return HashingEncoder.from_spec(spec)
-    if spec.startswith("onnx:"):
-        from shelver.encoders.onnx import OnnxEncoder  # type: ignore[import-not-found]
-
-        return OnnxEncoder(spec[len("onnx:"):], **options)  # type: ignore[arg-type]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from shelver.encoders.sentence import SentenceEncoder
 

@@ -1,0 +1,98 @@
+"""Per-level accuracy and macro-F1, tail macro-F1 and hierarchical F1.
+
+Labels are ``(n, 2)`` string arrays; ``""`` at a level means "no answer at this level"
+(back-off), which counts as wrong for accuracy at that level and adds nothing to the
+predicted set of hierarchical F1.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+# subcategories with fewer training rows than this form the tail (the issue's definition)
+TAIL_THRESHOLD = 50
+
+
+def leaf_names(y: np.ndarray) -> np.ndarray:
+    """``["Shoes", "Sneakers"]`` rows -> ``"Shoes > Sneakers"``: leaves are paths, not names."""
+    return np.array([" > ".join(p for p in row if p) for row in y])
+
+
+def macro_f1(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str] | None = None) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # absent classes score 0, as documented, without noise
+        return float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0))
+
+
+def hierarchical_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Set-based hF1 (Kiritchenko et al.): overlap of the ancestor-inclusive label sets."""
+    overlap = n_pred = n_true = 0
+    for t, p in zip(truth, predicted, strict=True):
+        true_set = {tuple(t[: i + 1]) for i in range(len(t)) if t[i]}
+        pred_set = {tuple(p[: i + 1]) for i in range(len(p)) if p[i]}
+        overlap += len(true_set & pred_set)
+        n_pred += len(pred_set)
+        n_true += len(true_set)
+    precision = overlap / n_pred if n_pred else 0.0
+    recall = overlap / n_true if n_true else 0.0
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def tail_leaves(train_counts: dict[str, int], threshold: int = TAIL_THRESHOLD) -> list[str]:
+    return [leaf for leaf, n in train_counts.items() if n < threshold]
+
+
+def classification_metrics(truth: np.ndarray, predicted: np.ndarray,
+                           train_counts: dict[str, int]) -> dict[str, object]:
+    """The headline numbers of ``metrics.json``."""
+    true_leaf, pred_leaf = leaf_names(truth), leaf_names(predicted)
+    tail = sorted(set(tail_leaves(train_counts)) & set(true_leaf))
+    return {
+        "n": len(truth),
+        "level1": {"accuracy": float(np.mean(truth[:, 0] == predicted[:, 0])),
+                   "macro_f1": macro_f1(truth[:, 0], predicted[:, 0])},
+        "level2": {"accuracy": float(np.mean(true_leaf == pred_leaf)),
+                   "macro_f1": macro_f1(true_leaf, pred_leaf),
+                   "tail_macro_f1": macro_f1(true_leaf, pred_leaf, labels=tail) if tail else None,
+                   "n_tail_classes": len(tail)},
+        "hierarchical_f1": hierarchical_f1(truth, predicted),
+    }
+
+
+def per_class(truth: np.ndarray, predicted: np.ndarray, train_counts: dict[str, int]) -> list[dict]:
+    """Support, training count, precision, recall and F1 of every leaf seen in the truth."""
+    true_leaf, pred_leaf = leaf_names(truth), leaf_names(predicted)
+    rows = []
+    for leaf in sorted(set(true_leaf)):
+        tp = int(np.sum((true_leaf == leaf) & (pred_leaf == leaf)))
+        support, claimed = int(np.sum(true_leaf == leaf)), int(np.sum(pred_leaf == leaf))
+        precision = tp / claimed if claimed else 0.0
+        recall = tp / support
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"subcategory": leaf, "support": support, "train_count": train_counts.get(leaf, 0),
+                     "precision": precision, "recall": recall, "f1": f1})
+    return rows
+
+
+def confused_pairs(truth: np.ndarray, predicted: np.ndarray, top: int = 15) -> list[dict]:
+    """The most frequent (true, predicted) leaf pairs among the errors."""
+    true_leaf, pred_leaf = leaf_names(truth), leaf_names(predicted)
+    wrong = true_leaf != pred_leaf
+    pairs, counts = np.unique(np.stack([true_leaf[wrong], pred_leaf[wrong]], axis=1), axis=0,
+                              return_counts=True) if wrong.any() else (np.empty((0, 2)), np.empty(0))
+    order = np.argsort(-counts, kind="stable")[:top]
+    return [{"true": str(pairs[i][0]), "predicted": str(pairs[i][1]), "count": int(counts[i])} for i in order]
+
+
+def per_group_accuracy(truth: np.ndarray, predicted: np.ndarray) -> list[dict]:
+    """Level-2 accuracy inside each true category, with its count."""
+    rows = []
+    for category in sorted(set(truth[:, 0])):
+        mask = truth[:, 0] == category
+        correct = np.all(truth[mask] == predicted[mask], axis=1)
+        rows.append({"category": category, "n": int(mask.sum()), "accuracy": float(correct.mean())})
+    return rows
