@@ -63,8 +63,10 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     # ---- fitting ------------------------------------------------------------------------
     def fit(self, X: Sequence[str], y: Any) -> HierarchicalClassifier:
         if self.taxonomy is None:
-            raise ConfigError("HierarchicalClassifier needs taxonomy=Taxonomy.load(...); "
-                              "the tree is never inferred from the labels")
+            raise ConfigError(
+                "HierarchicalClassifier needs taxonomy=Taxonomy.load(...); "
+                "the tree is never inferred from the labels"
+            )
         texts, labels = _as_texts(X), _as_labels(y, self.taxonomy)
         if len(texts) != len(labels):
             raise DataError(f"X has {len(texts):,} texts but y has {len(labels):,} rows")
@@ -73,11 +75,14 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         self.encoder_ = self._build_encoder()
         embeddings = self.encoder_.encode(texts, progress=self.progress)
         self.head_: Head = make_head(self.head, self.taxonomy).fit(
-            embeddings, leaves, self._options(), progress=self.progress)
+            embeddings, leaves, self._options(), progress=self.progress
+        )
         self.train_counts_ = np.bincount(leaves, minlength=len(self.taxonomy))
         self.train_fingerprint_ = _fingerprint(texts, labels)
-        self.classes_ = [np.array(self.taxonomy.categories),
-                         np.array([" > ".join(p) for p in self.taxonomy.paths])]
+        self.classes_ = [
+            np.array(self.taxonomy.categories),
+            np.array([" > ".join(p) for p in self.taxonomy.paths]),
+        ]
         return self
 
     def _build_encoder(self) -> Encoder:
@@ -85,8 +90,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         return encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder)
 
     def _options(self) -> LinearOptions:
-        return LinearOptions(C=self.C, class_weight=self.class_weight,
-                             max_iter=self.max_iter, random_state=self.random_state)
+        return LinearOptions(
+            C=self.C, class_weight=self.class_weight, max_iter=self.max_iter, random_state=self.random_state
+        )
 
     # ---- predicting ---------------------------------------------------------------------
     def predict_proba(self, X: Sequence[str]) -> list[np.ndarray]:
@@ -127,8 +133,10 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         categories, leaves = self.decode(P1, P2)
         rows = np.arange(len(texts))
         conf1, conf2 = P1[rows, categories], P2[rows, leaves]
-        return [Prediction(text, self.taxonomy_.paths[leaf], (float(c1), float(c2)))
-                for text, leaf, c1, c2 in zip(texts, leaves, conf1, conf2, strict=True)]
+        return [
+            Prediction(text, self.taxonomy_.paths[leaf], (float(c1), float(c2)))
+            for text, leaf, c1, c2 in zip(texts, leaves, conf1, conf2, strict=True)
+        ]
 
     def score(self, X: Sequence[str], y: Any, sample_weight: Any = None) -> float:
         """Leaf (level-2) accuracy."""
@@ -138,8 +146,10 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "head_"):
-            raise NotFittedError("this HierarchicalClassifier is not fitted yet: call fit(X, y) "
-                                 "or load a model directory with shelver.load_model(path)")
+            raise NotFittedError(
+                "this HierarchicalClassifier is not fitted yet: call fit(X, y) "
+                "or load a model directory with shelver.load_model(path)"
+            )
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -163,8 +173,10 @@ def _as_texts(X: Any) -> list[str]:
 def _as_labels(y: Any, taxonomy: Taxonomy) -> np.ndarray:
     labels = np.asarray(y, dtype=object)
     if labels.ndim != 2 or labels.shape[1] != taxonomy.depth:
-        raise DataError(f"y must be an (n, {taxonomy.depth}) array of [{', '.join(taxonomy.levels)}] "
-                        f"strings, got shape {labels.shape}")
+        raise DataError(
+            f"y must be an (n, {taxonomy.depth}) array of [{', '.join(taxonomy.levels)}] "
+            f"strings, got shape {labels.shape}"
+        )
     labels = labels.astype(str)
     check_labels(labels, taxonomy, "y")
     return labels

@@ -43,15 +43,26 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @main.command()
-@click.option("--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt).")
+@click.option(
+    "--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt)."
+)
 @click.option("--train", "train_path", required=True, type=existing_file, help="Labeled training data.")
-@click.option("--valid", "valid_path", type=existing_file, help="Labeled validation data (evaluated after fit).")
+@click.option(
+    "--valid", "valid_path", type=existing_file, help="Labeled validation data (evaluated after fit)."
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
 @click.option("--config", "config_path", type=existing_file, help="TOML configuration.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(taxonomy_path: Path, train_path: Path, valid_path: Path | None, out: Path,
-          config_path: Path | None, overrides: tuple[str, ...], quiet: bool) -> None:
+def train(
+    taxonomy_path: Path,
+    train_path: Path,
+    valid_path: Path | None,
+    out: Path,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    quiet: bool,
+) -> None:
     """Train a hierarchical classifier and save it to --out."""
     from shelver.config import load_config
     from shelver.data import read_labeled
@@ -75,7 +86,9 @@ def train(taxonomy_path: Path, train_path: Path, valid_path: Path | None, out: P
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
 @click.option("--data", "data_path", required=True, type=existing_file, help="Labeled data to score.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Report directory to write.")
-@click.option("--taxonomy", "taxonomy_path", type=existing_file, help="Refuse if the model's taxonomy differs.")
+@click.option(
+    "--taxonomy", "taxonomy_path", type=existing_file, help="Refuse if the model's taxonomy differs."
+)
 def evaluate(model_dir: Path, data_path: Path, out: Path, taxonomy_path: Path | None) -> None:
     """Score a model on labeled data; write metrics.json and report.md to --out."""
     from shelver.data import read_labeled
@@ -86,8 +99,13 @@ def evaluate(model_dir: Path, data_path: Path, out: Path, taxonomy_path: Path | 
 
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
-@click.option("--input", "input_path", type=existing_file, help="Queries: text lines, or CSV/Parquet/JSONL "
-              "with a 'text' column. Default: stdin, one query per line.")
+@click.option(
+    "--input",
+    "input_path",
+    type=existing_file,
+    help="Queries: text lines, or CSV/Parquet/JSONL "
+    "with a 'text' column. Default: stdin, one query per line.",
+)
 @click.option("--text-column", default="text", show_default=True, help="Column holding the queries.")
 @click.option("--batch-size", default=1024, show_default=True, help="Queries classified at a time.")
 def predict(model_dir: Path, input_path: Path | None, text_column: str, batch_size: int) -> None:
@@ -97,7 +115,7 @@ def predict(model_dir: Path, input_path: Path | None, text_column: str, batch_si
     model = _load(model_dir, None)
     queries = read_queries(input_path, text_column)
     for start in range(0, len(queries), batch_size):
-        for prediction in model.classify(queries[start:start + batch_size]):
+        for prediction in model.classify(queries[start : start + batch_size]):
             click.echo(json.dumps(prediction.to_dict(), ensure_ascii=False))
 
 

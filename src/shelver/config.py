@@ -98,14 +98,18 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     unknown = set(values) - set(fields)
     if unknown:
         name = sorted(unknown)[0]
-        raise ConfigError(f"unknown config key {prefix + name!r}; valid keys here: "
-                          f"{', '.join(prefix + f for f in fields)}")
+        raise ConfigError(
+            f"unknown config key {prefix + name!r}; valid keys here: {', '.join(prefix + f for f in fields)}"
+        )
     kwargs = {}
     for name, value in values.items():
         kind = fields[name].type
         nested = _DATACLASSES.get(str(kind))
-        kwargs[name] = _build(nested, value, f"{prefix}{name}.") if nested else _coerce(
-            value, fields[name], prefix + name)
+        kwargs[name] = (
+            _build(nested, value, f"{prefix}{name}.")
+            if nested
+            else _coerce(value, fields[name], prefix + name)
+        )
     return cls(**kwargs)
 
 
@@ -115,7 +119,10 @@ def _coerce(value: Any, spec: dataclasses.Field, key: str) -> Any:
         return float(value)
     if value == "none" and "None" in expected:
         return None
-    if expected.startswith(("int", "float", "str", "bool")) and type(value).__name__ != expected.split(" ")[0]:
+    if (
+        expected.startswith(("int", "float", "str", "bool"))
+        and type(value).__name__ != expected.split(" ")[0]
+    ):
         raise ConfigError(f"config key {key!r} expects {expected}, got {value!r}")
     return value
 

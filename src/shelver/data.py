@@ -58,13 +58,17 @@ def read_table(path: str | Path) -> pd.DataFrame:
 def texts_of(frame: pd.DataFrame, origin: str, column: str = "text") -> list[str]:
     """The text column, checked: present, and no empty values."""
     if column not in frame.columns:
-        raise DataError(f"{origin} has no {column!r} column (columns: {', '.join(map(str, frame.columns))}); "
-                        f"rename the column that holds the queries to {column!r}")
+        raise DataError(
+            f"{origin} has no {column!r} column (columns: {', '.join(map(str, frame.columns))}); "
+            f"rename the column that holds the queries to {column!r}"
+        )
     texts = frame[column].fillna("").astype(str).str.strip()
     empty = np.flatnonzero(texts.eq("").to_numpy())
     if len(empty):
-        raise DataError(f"{origin}: row {empty[0] + 1:,} has an empty {column!r}"
-                        f"{_and_more(len(empty))}; remove empty rows or fill them in")
+        raise DataError(
+            f"{origin}: row {empty[0] + 1:,} has an empty {column!r}"
+            f"{_and_more(len(empty))}; remove empty rows or fill them in"
+        )
     return texts.tolist()
 
 
@@ -88,8 +92,10 @@ def labels_of(frame: pd.DataFrame, taxonomy: Taxonomy, origin: str) -> np.ndarra
     elif "path" in frame.columns:
         y = np.array([_split_path(p, taxonomy.depth) for p in frame["path"].astype(str)], dtype=object)
     else:
-        raise DataError(f"{origin} has no label columns: give one column per level "
-                        f"({', '.join(levels)}) or a 'path' column like 'Shoes > Sneakers'")
+        raise DataError(
+            f"{origin} has no label columns: give one column per level "
+            f"({', '.join(levels)}) or a 'path' column like 'Shoes > Sneakers'"
+        )
     check_labels(y, taxonomy, origin)
     return y.astype(str)
 
@@ -100,8 +106,10 @@ def check_labels(y: np.ndarray, taxonomy: Taxonomy, origin: str) -> None:
     if bad:
         first = bad[0]
         reason = taxonomy.explain_unknown(tuple(y[first]))
-        raise DataError(f"{reason} (row {first + 1:,} of {origin}){_and_more(len(bad))}; "
-                        "fix the label or add the path to the taxonomy")
+        raise DataError(
+            f"{reason} (row {first + 1:,} of {origin}){_and_more(len(bad))}; "
+            "fix the label or add the path to the taxonomy"
+        )
 
 
 def _split_path(text: str, depth: int) -> tuple[str, ...]:

@@ -19,5 +19,8 @@ class Prediction:
     confidence: tuple[float, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "path": list(self.path),
-                "confidence": [round(c, 6) for c in self.confidence]}
+        return {
+            "text": self.text,
+            "path": list(self.path),
+            "confidence": [round(c, 6) for c in self.confidence],
+        }

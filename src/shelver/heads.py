@@ -55,7 +55,9 @@ class LinearSoftmax:
         from sklearn.linear_model import LogisticRegression
 
         model = LogisticRegression(
-            C=options.C, class_weight=options.class_weight, max_iter=options.max_iter,
+            C=options.C,
+            class_weight=options.class_weight,
+            max_iter=options.max_iter,
             random_state=options.random_state,
         ).fit(X, y)
         coef, intercept = model.coef_, model.intercept_
@@ -75,8 +77,11 @@ class LinearSoftmax:
         return out
 
     def to_arrays(self, prefix: str) -> Arrays:
-        return {f"{prefix}.classes": self.classes.astype(np.int64),
-                f"{prefix}.coef": self.coef, f"{prefix}.intercept": self.intercept}
+        return {
+            f"{prefix}.classes": self.classes.astype(np.int64),
+            f"{prefix}.coef": self.coef,
+            f"{prefix}.intercept": self.intercept,
+        }
 
     @classmethod
     def from_arrays(cls, arrays: Arrays, prefix: str) -> LinearSoftmax:
@@ -100,8 +105,7 @@ class Head:
         self.taxonomy = taxonomy
         self.leaf_category = np.asarray(taxonomy.leaf_category)
 
-    def fit(self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions,
-            progress: bool = False) -> Head:
+    def fit(self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions, progress: bool = False) -> Head:
         raise NotImplementedError
 
     def proba(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,8 +129,9 @@ class FlatHead(Head):
     name = "flat"
     leaf_first = True
 
-    def fit(self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions,
-            progress: bool = False) -> FlatHead:
+    def fit(
+        self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions, progress: bool = False
+    ) -> FlatHead:
         with _steps(1, "flat head", progress):
             self.leaf_model = LinearSoftmax.fit(X, leaves, options)
         return self
@@ -150,8 +155,9 @@ class MaskedHead(Head):
 
     name = "masked"
 
-    def fit(self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions,
-            progress: bool = False) -> MaskedHead:
+    def fit(
+        self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions, progress: bool = False
+    ) -> MaskedHead:
         with _steps(2, "masked head (router + flat)", progress) as bar:
             self.router = LinearSoftmax.fit(X, self.leaf_category[leaves], options)
             bar.update()
@@ -180,8 +186,9 @@ class PerGroupHead(Head):
 
     name = "per_group"
 
-    def fit(self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions,
-            progress: bool = False) -> PerGroupHead:
+    def fit(
+        self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions, progress: bool = False
+    ) -> PerGroupHead:
         categories = self.leaf_category[leaves]
         self.groups: dict[int, LinearSoftmax] = {}
         with _steps(1 + len(self.taxonomy.categories), "per-group heads", progress) as bar:
@@ -236,8 +243,10 @@ def make_head(name: str, taxonomy: Taxonomy) -> Head:
     if name not in HEADS:
         raise ConfigError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
     if taxonomy.depth != 2:
-        raise ConfigError(f"heads support two-level taxonomies today; {taxonomy.source} has "
-                          f"{taxonomy.depth} levels ({', '.join(taxonomy.levels)})")
+        raise ConfigError(
+            f"heads support two-level taxonomies today; {taxonomy.source} has "
+            f"{taxonomy.depth} levels ({', '.join(taxonomy.levels)})"
+        )
     return HEADS[name](taxonomy)
 
 
@@ -253,4 +262,3 @@ class _steps:
     def __exit__(self, *exc: object) -> None:
         self.bar.update(self.bar.total - self.bar.n)
         self.bar.close()
-

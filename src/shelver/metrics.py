@@ -46,19 +46,24 @@ def tail_leaves(train_counts: dict[str, int], threshold: int = TAIL_THRESHOLD) -
     return [leaf for leaf, n in train_counts.items() if n < threshold]
 
 
-def classification_metrics(truth: np.ndarray, predicted: np.ndarray,
-                           train_counts: dict[str, int]) -> dict[str, object]:
+def classification_metrics(
+    truth: np.ndarray, predicted: np.ndarray, train_counts: dict[str, int]
+) -> dict[str, object]:
     """The headline numbers of ``metrics.json``."""
     true_leaf, pred_leaf = leaf_names(truth), leaf_names(predicted)
     tail = sorted(set(tail_leaves(train_counts)) & set(true_leaf))
     return {
         "n": len(truth),
-        "level1": {"accuracy": float(np.mean(truth[:, 0] == predicted[:, 0])),
-                   "macro_f1": macro_f1(truth[:, 0], predicted[:, 0])},
-        "level2": {"accuracy": float(np.mean(true_leaf == pred_leaf)),
-                   "macro_f1": macro_f1(true_leaf, pred_leaf),
-                   "tail_macro_f1": macro_f1(true_leaf, pred_leaf, labels=tail) if tail else None,
-                   "n_tail_classes": len(tail)},
+        "level1": {
+            "accuracy": float(np.mean(truth[:, 0] == predicted[:, 0])),
+            "macro_f1": macro_f1(truth[:, 0], predicted[:, 0]),
+        },
+        "level2": {
+            "accuracy": float(np.mean(true_leaf == pred_leaf)),
+            "macro_f1": macro_f1(true_leaf, pred_leaf),
+            "tail_macro_f1": macro_f1(true_leaf, pred_leaf, labels=tail) if tail else None,
+            "n_tail_classes": len(tail),
+        },
         "hierarchical_f1": hierarchical_f1(truth, predicted),
     }
 
@@ -73,8 +78,16 @@ def per_class(truth: np.ndarray, predicted: np.ndarray, train_counts: dict[str, 
         precision = tp / claimed if claimed else 0.0
         recall = tp / support
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append({"subcategory": leaf, "support": support, "train_count": train_counts.get(leaf, 0),
-                     "precision": precision, "recall": recall, "f1": f1})
+        rows.append(
+            {
+                "subcategory": leaf,
+                "support": support,
+                "train_count": train_counts.get(leaf, 0),
+                "precision": precision,
+                "recall": recall,
+                "f1": f1,
+            }
+        )
     return rows
 
 
@@ -82,8 +95,11 @@ def confused_pairs(truth: np.ndarray, predicted: np.ndarray, top: int = 15) -> l
     """The most frequent (true, predicted) leaf pairs among the errors."""
     true_leaf, pred_leaf = leaf_names(truth), leaf_names(predicted)
     wrong = true_leaf != pred_leaf
-    pairs, counts = np.unique(np.stack([true_leaf[wrong], pred_leaf[wrong]], axis=1), axis=0,
-                              return_counts=True) if wrong.any() else (np.empty((0, 2)), np.empty(0))
+    pairs, counts = (
+        np.unique(np.stack([true_leaf[wrong], pred_leaf[wrong]], axis=1), axis=0, return_counts=True)
+        if wrong.any()
+        else (np.empty((0, 2)), np.empty(0))
+    )
     order = np.argsort(-counts, kind="stable")[:top]
     return [{"true": str(pairs[i][0]), "predicted": str(pairs[i][1]), "count": int(counts[i])} for i in order]
 

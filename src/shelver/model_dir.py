@@ -78,8 +78,11 @@ def _manifest(model: HierarchicalClassifier, out: Path) -> dict[str, Any]:
         "shelver_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "taxonomy": {"name": model.taxonomy_.name, "hash": model.taxonomy_.hash},
-        "training": {"n": int(model.train_counts_.sum()), "fingerprint": model.train_fingerprint_,
-                     "counts": counts},
+        "training": {
+            "n": int(model.train_counts_.sum()),
+            "fingerprint": model.train_fingerprint_,
+            "counts": counts,
+        },
         "files": {name: _sha256(out / name) for name in HASHED_FILES},
     }
 
@@ -106,19 +109,24 @@ def load_model(path: str | Path, taxonomy: Taxonomy | None = None) -> Hierarchic
 
 def read_manifest(root: Path) -> dict[str, Any]:
     if not root.is_dir():
-        raise ModelDirError(f"model directory {str(root)!r} does not exist; train one with "
-                            "'shelver train ... --out DIR'")
+        raise ModelDirError(
+            f"model directory {str(root)!r} does not exist; train one with 'shelver train ... --out DIR'"
+        )
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
-        raise ModelDirError(f"{root} is not a shelver model directory (no manifest.json); "
-                            "pass the --out directory of 'shelver train'")
+        raise ModelDirError(
+            f"{root} is not a shelver model directory (no manifest.json); "
+            "pass the --out directory of 'shelver train'"
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as err:
         raise ModelDirError(f"{manifest_path} is corrupt ({err.msg}); retrain the model") from None
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelDirError(f"{root} has model format {manifest.get('format_version')!r}; this "
-                            f"shelver reads format {FORMAT_VERSION}: retrain with this version")
+        raise ModelDirError(
+            f"{root} has model format {manifest.get('format_version')!r}; this "
+            f"shelver reads format {FORMAT_VERSION}: retrain with this version"
+        )
     return manifest
 
 
@@ -128,8 +136,10 @@ def _check_hashes(root: Path, manifest: dict[str, Any]) -> None:
         if not file.is_file():
             raise ModelDirError(f"{root} is incomplete: {name} is missing; retrain the model")
         if _sha256(file) != expected:
-            raise ModelDirError(f"{file} was modified after the model was saved (its SHA-256 no "
-                                "longer matches manifest.json); restore it or retrain the model")
+            raise ModelDirError(
+                f"{file} was modified after the model was saved (its SHA-256 no "
+                "longer matches manifest.json); restore it or retrain the model"
+            )
 
 
 def check_same_taxonomy(trained_on: Taxonomy, expected: Taxonomy) -> None:

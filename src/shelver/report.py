@@ -34,10 +34,16 @@ def evaluate(model: HierarchicalClassifier, data: LabeledData) -> Evaluation:
     result["model"] = {"head": model.head, "encoder": model.encoder_.spec}
     sources = np.array(data.source)
     if len(set(sources)) > 1:  # real, LLM-labeled and synthetic traffic are measured apart
-        result["by_source"] = {s: m.classification_metrics(data.y[sources == s], predicted[sources == s], counts)
-                               for s in sorted(set(sources))}
-    return Evaluation(result, m.per_class(data.y, predicted, counts),
-                      m.confused_pairs(data.y, predicted), m.per_group_accuracy(data.y, predicted))
+        result["by_source"] = {
+            s: m.classification_metrics(data.y[sources == s], predicted[sources == s], counts)
+            for s in sorted(set(sources))
+        }
+    return Evaluation(
+        result,
+        m.per_class(data.y, predicted, counts),
+        m.confused_pairs(data.y, predicted),
+        m.per_group_accuracy(data.y, predicted),
+    )
 
 
 def train_counts(model: HierarchicalClassifier) -> dict[str, int]:
@@ -56,21 +62,30 @@ def summary_table(metrics: dict[str, Any]) -> str:
     """The short table the CLI prints."""
     l1, l2 = metrics["level1"], metrics["level2"]
     tail = "n/a" if l2["tail_macro_f1"] is None else f"{l2['tail_macro_f1']:.3f}"
-    return "\n".join([
-        "| n | L1 acc | L1 macro-F1 | L2 acc | L2 macro-F1 | L2 tail macro-F1 | hier. F1 |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {metrics['n']:,} | {l1['accuracy']:.3f} | {l1['macro_f1']:.3f} | {l2['accuracy']:.3f} | "
-        f"{l2['macro_f1']:.3f} | {tail} | {metrics['hierarchical_f1']:.3f} |",
-    ])
+    return "\n".join(
+        [
+            "| n | L1 acc | L1 macro-F1 | L2 acc | L2 macro-F1 | L2 tail macro-F1 | hier. F1 |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {metrics['n']:,} | {l1['accuracy']:.3f} | {l1['macro_f1']:.3f} | {l2['accuracy']:.3f} | "
+            f"{l2['macro_f1']:.3f} | {tail} | {metrics['hierarchical_f1']:.3f} |",
+        ]
+    )
 
 
 def render_markdown(evaluation: Evaluation, title: str) -> str:
     worst = sorted(evaluation.per_class, key=lambda r: (r["f1"], -r["support"]))[:15]
     lines = [f"# {title}", "", summary_table(evaluation.metrics), ""]
-    lines += ["## Worst subcategories", "", "| subcategory | support | train rows | precision | recall | F1 |",
-              "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['subcategory']} | {r['support']} | {r['train_count']} | {r['precision']:.2f} | "
-              f"{r['recall']:.2f} | {r['f1']:.2f} |" for r in worst]
+    lines += [
+        "## Worst subcategories",
+        "",
+        "| subcategory | support | train rows | precision | recall | F1 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['subcategory']} | {r['support']} | {r['train_count']} | {r['precision']:.2f} | "
+        f"{r['recall']:.2f} | {r['f1']:.2f} |"
+        for r in worst
+    ]
     lines += ["", "## Most confused pairs", "", "| true | predicted | count |", "|---|---|---:|"]
     lines += [f"| {r['true']} | {r['predicted']} | {r['count']} |" for r in evaluation.confused]
     lines += ["", "## Accuracy per category", "", "| category | n | L2 accuracy |", "|---|---:|---:|"]

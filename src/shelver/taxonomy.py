@@ -49,8 +49,11 @@ class Taxonomy:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def from_tree(
-        cls, tree: Mapping[str, Any], levels: Sequence[str] = DEFAULT_LEVELS,
-        name: str = "taxonomy", source: str = "<memory>",
+        cls,
+        tree: Mapping[str, Any],
+        levels: Sequence[str] = DEFAULT_LEVELS,
+        name: str = "taxonomy",
+        source: str = "<memory>",
     ) -> Taxonomy:
         """Build from ``{category: [subcategory, ...]}`` or deeper nested mappings."""
         paths = list(_walk(tree, (), source))
@@ -58,7 +61,9 @@ class Taxonomy:
 
     @classmethod
     def from_paths(
-        cls, paths: Iterable[Sequence[str]], levels: Sequence[str] = DEFAULT_LEVELS,
+        cls,
+        paths: Iterable[Sequence[str]],
+        levels: Sequence[str] = DEFAULT_LEVELS,
         name: str = "taxonomy",
     ) -> Taxonomy:
         return cls(tuple(tuple(p) for p in paths), tuple(levels), name)
@@ -131,15 +136,19 @@ class Taxonomy:
         """Why ``path`` is not a leaf, with a hint when its name lives under another parent."""
         path = tuple(path)
         if len(path) != self.depth:
-            return (f"path {format_path(path)!r} has {len(path)} level(s); this taxonomy has "
-                    f"{self.depth} ({', '.join(self.levels)})")
+            return (
+                f"path {format_path(path)!r} has {len(path)} level(s); this taxonomy has "
+                f"{self.depth} ({', '.join(self.levels)})"
+            )
         if path[0] not in self.category_index:
             return f"{self.levels[0]} {path[0]!r} is not in the taxonomy{self._did_you_mean(path[0])}"
         parents = [p[:-1] for p in self.paths if p[-1] == path[-1]]
         if parents:
             where = " or ".join(repr(format_path(p)) for p in parents[:3])
-            return (f"{self.levels[-1]} {path[-1]!r} is not under {self.levels[-2]} "
-                    f"{format_path(path[:-1])!r}; its parent is {where}")
+            return (
+                f"{self.levels[-1]} {path[-1]!r} is not under {self.levels[-2]} "
+                f"{format_path(path[:-1])!r}; its parent is {where}"
+            )
         return f"{self.levels[-1]} {path[-1]!r} is not in the taxonomy under {format_path(path[:-1])!r}"
 
     def _did_you_mean(self, name: str) -> str:
@@ -182,8 +191,10 @@ def _name(value: Any, prefix: Path_, source: str) -> str:
 
 
 def _empty_message(prefix: Path_, source: str) -> str:
-    return (f"{source}: {format_path(prefix) or 'the taxonomy'!r} has no children; every inner "
-            "node needs at least one: add one, or remove it")
+    return (
+        f"{source}: {format_path(prefix) or 'the taxonomy'!r} has no children; every inner "
+        "node needs at least one: add one, or remove it"
+    )
 
 
 def _validate(paths: tuple[Path_, ...], levels: tuple[str, ...], source: str) -> None:
@@ -221,8 +232,10 @@ def _nest(paths: Iterable[Path_]) -> dict[str, Any]:
 def read_taxonomy(path: Path) -> Taxonomy:
     """Dispatch on the suffix: ``.json``, ``.yaml``/``.yml``, anything else as text lines."""
     if not path.is_file():
-        raise TaxonomyError(f"taxonomy file {str(path)!r} does not exist; pass --taxonomy PATH "
-                            "to a .json, .yaml or .txt taxonomy")
+        raise TaxonomyError(
+            f"taxonomy file {str(path)!r} does not exist; pass --taxonomy PATH "
+            "to a .json, .yaml or .txt taxonomy"
+        )
     suffix = path.suffix.lower()
     if suffix == ".json":
         return _from_document(_load_json(path), path)
@@ -237,8 +250,10 @@ def _from_document(doc: Any, path: Path) -> Taxonomy:
         return Taxonomy.from_tree(doc["tree"], levels, str(doc.get("name") or path.stem), str(path))
     if isinstance(doc, Mapping):
         return Taxonomy.from_tree(doc, DEFAULT_LEVELS, path.stem, str(path))
-    raise TaxonomyError(f"{path}: expected a mapping of category -> subcategories (or "
-                        f'{{"name", "levels", "tree"}}), got {type(doc).__name__}')
+    raise TaxonomyError(
+        f"{path}: expected a mapping of category -> subcategories (or "
+        f'{{"name", "levels", "tree"}}), got {type(doc).__name__}'
+    )
 
 
 def _no_duplicate_keys(source: Path):
@@ -246,8 +261,10 @@ def _no_duplicate_keys(source: Path):
         out: dict[str, Any] = {}
         for key, value in pairs:
             if key in out:
-                raise TaxonomyError(f"{source}: duplicate key {key!r}; sibling names must be "
-                                    "unique: merge the two entries or rename one")
+                raise TaxonomyError(
+                    f"{source}: duplicate key {key!r}; sibling names must be "
+                    "unique: merge the two entries or rename one"
+                )
             out[key] = value
         return out
 
@@ -268,8 +285,7 @@ def _load_yaml(path: Path) -> Any:
         pass
 
     def construct(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[str, Any]:
-        pairs = [(loader.construct_object(k), loader.construct_object(v, deep=True))
-                 for k, v in node.value]
+        pairs = [(loader.construct_object(k), loader.construct_object(v, deep=True)) for k, v in node.value]
         return _no_duplicate_keys(path)(pairs)
 
     _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct)
@@ -287,8 +303,9 @@ def _from_lines(path: Path) -> Taxonomy:
             continue
         parts = tuple(part.strip() for part in line.split(">"))
         if any(not part for part in parts):
-            raise TaxonomyError(f"{path}, line {number}: empty name in {line.strip()!r}; "
-                                "write 'Category > Subcategory'")
+            raise TaxonomyError(
+                f"{path}, line {number}: empty name in {line.strip()!r}; write 'Category > Subcategory'"
+            )
         paths.append(parts)
     depth = len(paths[0]) if paths else 2
     levels = DEFAULT_LEVELS if depth == 2 else tuple(f"level{i + 1}" for i in range(depth))

@@ -14,16 +14,25 @@ from shelver.taxonomy import Taxonomy
 
 def build_model(config: TrainConfig, taxonomy: Taxonomy, progress: bool = True) -> HierarchicalClassifier:
     """An unfitted estimator with every parameter taken from ``config``."""
-    encoder_options = ({} if config.encoder.name.startswith("hashing") else
-                       {"max_seq_length": config.encoder.max_seq_length,
-                        "batch_size": config.encoder.batch_size})
+    encoder_options = (
+        {}
+        if config.encoder.name.startswith("hashing")
+        else {"max_seq_length": config.encoder.max_seq_length, "batch_size": config.encoder.batch_size}
+    )
     return HierarchicalClassifier(
-        taxonomy=taxonomy, encoder=config.encoder.name, encoder_options=encoder_options,
-        head=config.head.kind, C=config.head.C, class_weight=config.head.class_weight,
-        max_iter=config.head.max_iter, random_state=config.seed, progress=progress,
+        taxonomy=taxonomy,
+        encoder=config.encoder.name,
+        encoder_options=encoder_options,
+        head=config.head.kind,
+        C=config.head.C,
+        class_weight=config.head.class_weight,
+        max_iter=config.head.max_iter,
+        random_state=config.seed,
+        progress=progress,
     )
 
 
-def train_model(config: TrainConfig, taxonomy: Taxonomy, data: LabeledData,
-                progress: bool = True) -> HierarchicalClassifier:
+def train_model(
+    config: TrainConfig, taxonomy: Taxonomy, data: LabeledData, progress: bool = True
+) -> HierarchicalClassifier:
     return build_model(config, taxonomy, progress).fit(data.texts, data.y)

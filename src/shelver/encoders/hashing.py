@@ -38,8 +38,12 @@ class HashingEncoder:
         from sklearn.feature_extraction.text import HashingVectorizer
 
         vectorizer = HashingVectorizer(
-            analyzer="char_wb", ngram_range=(2, 4), n_features=self._dim,
-            alternate_sign=True, norm="l2", lowercase=True,
+            analyzer="char_wb",
+            ngram_range=(2, 4),
+            n_features=self._dim,
+            alternate_sign=True,
+            norm="l2",
+            lowercase=True,
         )
         return vectorizer.transform(list(texts)).toarray().astype(np.float32)
 

@@ -17,8 +17,9 @@ DEFAULT_MAX_SEQ_LENGTH = 32
 class SentenceEncoder:
     """A sentence-transformers model by name (``minilm``) or path; torch is imported on first use."""
 
-    def __init__(self, spec: str, max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
-                 batch_size: int = 128) -> None:
+    def __init__(
+        self, spec: str, max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH, batch_size: int = 128
+    ) -> None:
         self.spec = spec
         self.path = resolve_model_path(spec)
         self.max_seq_length = max_seq_length
@@ -43,8 +44,11 @@ class SentenceEncoder:
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         vectors = self.model.encode(
-            list(texts), batch_size=self.batch_size, show_progress_bar=progress,
-            convert_to_numpy=True, normalize_embeddings=True,
+            list(texts),
+            batch_size=self.batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
         )
         return np.asarray(vectors, dtype=np.float32)
 
