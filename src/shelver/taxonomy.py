@@ -134,7 +134,7 @@ class Taxonomy:
 
     def explain_unknown(self, path: Sequence[str]) -> str:
         """Why ``path`` is not a leaf, with a hint when its name lives under another parent."""
-        path = tuple(path)
+        path = tuple(str(p) for p in path)
         if len(path) != self.depth:
             return (
                 f"path {format_path(path)!r} has {len(path)} level(s); this taxonomy has "

@@ -1,0 +1,34 @@
+# The two commands of the README. Each creates or reuses .venv, installs what it needs, then runs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+RUN := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(VENV)/bin/shelver
+DEMO := examples/fashion
+
+.PHONY: venv test demo lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[encoders,dev]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+demo: $(STAMP)
+	$(RUN) train --taxonomy $(DEMO)/taxonomy.json --train $(DEMO)/train.csv --valid $(DEMO)/valid.csv \
+		--out runs/demo/model
+	$(RUN) evaluate --model runs/demo/model --data $(DEMO)/test.csv --out runs/demo/report
+	$(RUN) predict --model runs/demo/model --input examples/queries.txt
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny real taxonomy (3 x 3) and ~120 labeled rows, fast hashing encoder."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shelver.taxonomy import Taxonomy
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION = REPO / "examples" / "fashion"
+
+TREE = {
+    "Shoes": ["Sneakers", "Boots", "Sandals"],
+    "Bags": ["Backpacks", "Handbags", "Accessories"],
+    "Tops": ["Shirts", "Accessories", "Tops"],  # "Accessories" twice, "Tops > Tops": paths, not names
+}
+WORDS = {
+    ("Shoes", "Sneakers"): ["sneaker", "running shoe", "trainers", "canvas sneakers"],
+    ("Shoes", "Boots"): ["boots", "ankle boot", "chelsea boots", "hiking boot"],
+    ("Shoes", "Sandals"): ["sandals", "flip flop sandal", "strappy sandals", "slides sandal"],
+    ("Bags", "Backpacks"): ["backpack", "rucksack", "school backpack", "laptop backpack"],
+    ("Bags", "Handbags"): ["handbag", "tote bag", "clutch handbag", "shoulder handbag"],
+    ("Bags", "Accessories"): ["bag strap", "bag charm", "purse organizer", "bag keychain"],
+    ("Tops", "Shirts"): ["shirt", "oxford shirt", "linen shirt", "flannel shirt"],
+    ("Tops", "Accessories"): ["cufflinks", "collar stays", "tie clip", "shirt studs"],
+    ("Tops", "Tops"): ["tank top", "crop top", "camisole top", "tube top"],
+}
+COLOURS = ["red", "blue", "black", "white", "green", "brown", "grey", "pink", "navy", "beige"]
+
+
+@pytest.fixture(scope="session")
+def taxonomy() -> Taxonomy:
+    return Taxonomy.from_tree(TREE, name="tiny")
+
+
+def make_rows(n_per_leaf: int, seed: int) -> pd.DataFrame:
+    rng = random.Random(seed)
+    rows = []
+    for (category, sub), words in WORDS.items():
+        for _ in range(n_per_leaf):
+            text = f"{rng.choice(COLOURS)} {rng.choice(words)}"
+            rows.append({"text": text, "category": category, "subcategory": sub})
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_frames() -> dict[str, pd.DataFrame]:
+    return {"train": make_rows(14, 0), "valid": make_rows(4, 1), "test": make_rows(4, 2)}
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory: pytest.TempPathFactory, taxonomy: Taxonomy,
+               tiny_frames: dict[str, pd.DataFrame]) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    paths = {"taxonomy": root / "taxonomy.json"}
+    taxonomy.save(paths["taxonomy"])
+    for split, frame in tiny_frames.items():
+        paths[split] = root / f"{split}.csv"
+        frame.to_csv(paths[split], index=False)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_xy(tiny_frames: dict[str, pd.DataFrame]) -> tuple[list[str], np.ndarray]:
+    frame = tiny_frames["train"]
+    return frame["text"].tolist(), frame[["category", "subcategory"]].to_numpy().astype(str)

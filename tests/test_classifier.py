@@ -1,0 +1,83 @@
+"""Invariants of the estimator, for every head, on the tiny taxonomy with the hashing encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from shelver import HierarchicalClassifier, load_model
+from shelver.errors import ConfigError, DataError, NotFittedError
+
+HEADS = ["flat", "masked", "per_group"]
+
+
+@pytest.fixture(scope="module", params=HEADS)
+def fitted(request, taxonomy, tiny_xy) -> HierarchicalClassifier:
+    texts, y = tiny_xy
+    return HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", head=request.param).fit(texts, y)
+
+
+def test_every_prediction_is_a_path_of_the_taxonomy(fitted, taxonomy, tiny_frames):
+    predicted = fitted.predict(tiny_frames["test"]["text"].tolist())
+    assert predicted.shape == (len(tiny_frames["test"]), 2)
+    assert all(tuple(row) in taxonomy for row in predicted)
+
+
+def test_subcategory_is_child_of_category(fitted, taxonomy, tiny_frames):
+    for p in fitted.classify(tiny_frames["test"]["text"].tolist() + ["", "???", "zzz qqq"]):
+        assert p.path[1] in taxonomy.children((p.path[0],))
+        assert 0.0 <= p.confidence[1] <= p.confidence[0] + 1e-6 <= 1.0 + 1e-6
+
+
+def test_probabilities_per_level_sum_to_one(fitted, tiny_frames):
+    P1, P2 = fitted.predict_proba(tiny_frames["test"]["text"].tolist())
+    np.testing.assert_allclose(P1.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(P2.sum(axis=1), 1.0, atol=1e-5)
+    # the category's probability is the sum of its leaves' joint probabilities
+    np.testing.assert_allclose(fitted.head_.category_sums(P2), P1, atol=1e-5)
+
+
+def test_learns_the_tiny_task(fitted, tiny_frames):
+    test = tiny_frames["test"]
+    assert fitted.score(test["text"].tolist(), test[["category", "subcategory"]].to_numpy()) >= 0.9
+
+
+def test_repeated_names_are_told_apart_by_path(fitted):
+    predicted = fitted.predict(["red bag strap", "blue cufflinks"])
+    assert [tuple(r) for r in predicted] == [("Bags", "Accessories"), ("Tops", "Accessories")]
+
+
+def test_save_load_gives_identical_predictions(fitted, tiny_frames, tmp_path):
+    texts = tiny_frames["test"]["text"].tolist()
+    fitted.save(tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.predict(texts), fitted.predict(texts))
+    np.testing.assert_allclose(loaded.predict_proba(texts)[1], fitted.predict_proba(texts)[1], atol=1e-7)
+    assert not list((tmp_path / "model").glob("*.pkl"))
+
+
+def test_sklearn_contract(taxonomy, tiny_xy):
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", head="flat", C=3.0)
+    twin = clone(model)
+    assert twin.get_params() == model.get_params()
+    assert not [k for k in vars(model) if k.endswith("_")]  # nothing learned before fit
+    texts, y = tiny_xy
+    assert model.fit(texts, y) is model
+    assert not hasattr(model, "X_") and "texts" not in vars(model)  # training data not kept
+
+
+def test_unfitted_and_bad_input_errors(taxonomy, tiny_xy):
+    texts, y = tiny_xy
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").predict(["x"])
+    with pytest.raises(ConfigError, match="unknown head 'tree'; choose one of flat, masked, per_group"):
+        HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", head="tree").fit(texts, y)
+    with pytest.raises(ConfigError, match="never inferred"):
+        HierarchicalClassifier(encoder="hashing").fit(texts, y)
+    bad = y.copy()
+    bad[3] = ["Bags", "Sneakers"]
+    with pytest.raises(DataError, match=r"'Sneakers' is not under category 'Bags'; its parent is 'Shoes' \(row 4 of y\)"):
+        HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(texts, bad)
+    with pytest.raises(DataError, match="has 3 texts but y has"):
+        HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(texts[:3], y)
