@@ -58,8 +58,9 @@ def tiny_frames() -> dict[str, pd.DataFrame]:
 
 
 @pytest.fixture(scope="session")
-def tiny_files(tmp_path_factory: pytest.TempPathFactory, taxonomy: Taxonomy,
-               tiny_frames: dict[str, pd.DataFrame]) -> dict[str, Path]:
+def tiny_files(
+    tmp_path_factory: pytest.TempPathFactory, taxonomy: Taxonomy, tiny_frames: dict[str, pd.DataFrame]
+) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
     paths = {"taxonomy": root / "taxonomy.json"}
     taxonomy.save(paths["taxonomy"])

@@ -77,7 +77,9 @@ def test_unfitted_and_bad_input_errors(taxonomy, tiny_xy):
         HierarchicalClassifier(encoder="hashing").fit(texts, y)
     bad = y.copy()
     bad[3] = ["Bags", "Sneakers"]
-    with pytest.raises(DataError, match=r"'Sneakers' is not under category 'Bags'; its parent is 'Shoes' \(row 4 of y\)"):
+    with pytest.raises(
+        DataError, match=r"'Sneakers' is not under category 'Bags'; its parent is 'Shoes' \(row 4 of y\)"
+    ):
         HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(texts, bad)
     with pytest.raises(DataError, match="has 3 texts but y has"):
         HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(texts[:3], y)

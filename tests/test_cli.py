@@ -1,0 +1,120 @@
+"""The command line end to end, as a user runs it: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+SHELVER = [sys.executable, "-m", "shelver.cli"]
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SHELVER, *map(str, args)], input=stdin, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_files):
+    out = tmp_path_factory.mktemp("cli") / "model"
+    result = run(
+        "train",
+        "--taxonomy",
+        tiny_files["taxonomy"],
+        "--train",
+        tiny_files["train"],
+        "--valid",
+        tiny_files["valid"],
+        "--out",
+        out,
+        "--set",
+        "encoder.name=hashing",
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "L2 acc" in result.stdout
+    return out
+
+
+def test_train_writes_model_config_and_valid_report(model_dir):
+    assert json.loads((model_dir / "train_config.json").read_text())["encoder"]["name"] == "hashing"
+    assert (model_dir / "valid" / "metrics.json").is_file()
+
+
+def test_evaluate_writes_metrics(model_dir, tiny_files, tmp_path):
+    result = run("evaluate", "--model", model_dir, "--data", tiny_files["test"], "--out", tmp_path / "r")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["n"] == 36
+    assert metrics["level2"]["accuracy"] >= 0.9
+    assert {"accuracy", "macro_f1", "tail_macro_f1"} <= set(metrics["level2"])
+    assert 0.9 <= metrics["hierarchical_f1"] <= 1.0
+    assert "## Worst subcategories" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_predict_from_stdin_and_from_a_table(model_dir, tiny_files):
+    result = run("predict", "--model", model_dir, stdin="black chelsea boots\n\nred tote bag\n")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in rows] == [["Shoes", "Boots"], ["Bags", "Handbags"]]
+    assert all(len(r["confidence"]) == 2 and r["text"] for r in rows)
+    table = run("predict", "--model", model_dir, "--input", tiny_files["test"])
+    assert len(table.stdout.splitlines()) == 36
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing_column", "has no 'text' column"),
+        ("empty_text", "row 2 has an empty 'text'"),
+        ("unknown_label", "'Clogs' is not in the taxonomy under 'Shoes'"),
+        ("empty_file", "cannot be read as .csv"),
+        ("wrong_model", "not a shelver model directory"),
+        ("bad_set", "unknown config key 'head.size'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(model_dir, tiny_files, tmp_path, case, message):
+    data = tmp_path / "d.csv"
+    contents = {
+        "missing_column": "query,category,subcategory\nx,Shoes,Boots\n",
+        "empty_text": "text,category,subcategory\nx,Shoes,Boots\n,Shoes,Boots\n",
+        "unknown_label": "text,category,subcategory\nx,Shoes,Clogs\n",
+        "empty_file": "",
+        "wrong_model": "",
+        "bad_set": "",
+    }
+    data.write_text(contents[case])
+    if case == "wrong_model":
+        result = run("evaluate", "--model", tmp_path, "--data", tiny_files["test"], "--out", tmp_path / "r")
+    elif case == "bad_set":
+        result = run(
+            "train",
+            "--taxonomy",
+            tiny_files["taxonomy"],
+            "--train",
+            tiny_files["train"],
+            "--out",
+            tmp_path / "m",
+            "--set",
+            "head.size=3",
+        )
+    else:
+        result = run(
+            "train",
+            "--taxonomy",
+            tiny_files["taxonomy"],
+            "--train",
+            data,
+            "--out",
+            tmp_path / "m",
+            "--set",
+            "encoder.name=hashing",
+            "--quiet",
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr

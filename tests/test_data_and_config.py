@@ -1,0 +1,85 @@
+"""Reading labeled files and configuration; every failure is one clear error."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from shelver.config import TrainConfig, load_config
+from shelver.data import read_labeled, read_queries
+from shelver.errors import ConfigError, DataError
+
+
+def test_level_columns_and_path_column_agree(tmp_path, taxonomy, tiny_frames):
+    frame = tiny_frames["valid"]
+    frame.to_csv(tmp_path / "levels.csv", index=False)
+    frame.assign(path=frame["category"] + " > " + frame["subcategory"])[["text", "path"]].to_json(
+        tmp_path / "paths.jsonl", orient="records", lines=True
+    )
+    frame.to_parquet(tmp_path / "levels.parquet")
+    loaded = [read_labeled(tmp_path / f, taxonomy) for f in ("levels.csv", "paths.jsonl", "levels.parquet")]
+    for data in loaded[1:]:
+        assert data.texts == loaded[0].texts
+        assert (data.y == loaded[0].y).all()
+    assert set(loaded[0].source) == {"human"}
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"query": "x", "category": "Shoes", "subcategory": "Boots"}], "has no 'text' column"),
+        ([{"text": "x", "category": "Shoes"}], "has no label columns"),
+        ([{"text": " ", "category": "Shoes", "subcategory": "Boots"}], "row 1 has an empty 'text'"),
+        (
+            [
+                {"text": "x", "category": "Shoes", "subcategory": "Clogs"},
+                {"text": "y", "category": "Shoes", "subcategory": "Clogs"},
+            ],
+            r"'Clogs' is not in the taxonomy under 'Shoes' \(row 1 of bad.csv\) \(and 1 more like it\)",
+        ),
+        ([{"text": "x", "category": "Bags", "subcategory": "Boots"}], "its parent is 'Shoes'"),
+    ],
+)
+def test_bad_labeled_files(tmp_path, taxonomy, rows, message):
+    pd.DataFrame(rows).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=message):
+        read_labeled(tmp_path / "bad.csv", taxonomy)
+
+
+def test_empty_and_missing_files(tmp_path, taxonomy):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="cannot be read|is empty"):
+        read_labeled(tmp_path / "empty.csv", taxonomy)
+    (tmp_path / "header.csv").write_text("text,category,subcategory\n")
+    with pytest.raises(DataError, match="has no rows"):
+        read_labeled(tmp_path / "header.csv", taxonomy)
+    with pytest.raises(DataError, match="does not exist"):
+        read_labeled(tmp_path / "nope.csv", taxonomy)
+
+
+def test_plain_text_queries_skip_blank_lines(tmp_path):
+    (tmp_path / "q.txt").write_text("red boots\n\n  \nblue bag\n")
+    assert read_queries(tmp_path / "q.txt") == ["red boots", "blue bag"]
+
+
+def test_config_layers(tmp_path):
+    (tmp_path / "c.toml").write_text('seed = 3\n[head]\nkind = "flat"\nC = 2\n')
+    config = load_config(
+        tmp_path / "c.toml", ["head.C=5", "encoder.name=hashing", "head.class_weight=balanced"]
+    )
+    assert config.seed == 3 and config.head.kind == "flat" and config.head.C == 5.0
+    assert config.encoder.name == "hashing" and config.head.class_weight == "balanced"
+    assert load_config() == TrainConfig()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("head.kindd=flat", "unknown config key 'head.kindd'; valid keys here: head.kind"),
+        ("nonsense", "--set expects key=value"),
+        ("seed=abc", "config key 'seed' expects int"),
+    ],
+)
+def test_bad_config(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
