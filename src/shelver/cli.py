@@ -93,7 +93,7 @@ def evaluate(model_dir: Path, data_path: Path, out: Path, taxonomy_path: Path | 
     """Score a model on labeled data; write metrics.json and report.md to --out."""
     from shelver.data import read_labeled
 
-    model = _load(model_dir, taxonomy_path)
+    model = _load(model_dir, taxonomy_path).set_params(progress=True)
     _evaluate_and_print(model, read_labeled(data_path, model.taxonomy_), out)
 
 
@@ -110,11 +110,15 @@ def evaluate(model_dir: Path, data_path: Path, out: Path, taxonomy_path: Path | 
 @click.option("--batch-size", default=1024, show_default=True, help="Queries classified at a time.")
 def predict(model_dir: Path, input_path: Path | None, text_column: str, batch_size: int) -> None:
     """Classify queries; write one JSON object per query to stdout."""
+    from tqdm.auto import tqdm
+
     from shelver.data import read_queries
 
-    model = _load(model_dir, None)
+    model = _load(model_dir, None).set_params(progress=False)
     queries = read_queries(input_path, text_column)
-    for start in range(0, len(queries), batch_size):
+    starts = range(0, len(queries), batch_size)
+    # a bar (on stderr) only where the wait is long enough to need one
+    for start in tqdm(starts, desc="classifying", unit="batch", disable=len(queries) < 20_000):
         for prediction in model.classify(queries[start : start + batch_size]):
             click.echo(json.dumps(prediction.to_dict(), ensure_ascii=False))
 
