@@ -248,6 +248,17 @@ def _check_thresholds(values: Sequence[float]) -> None:
         )
 
 
+def check_decision_params(by_hand: Sequence[float] | None, target: float | None) -> None:
+    if by_hand is not None and target is not None:
+        raise ConfigError(
+            f"set thresholds=(level1, level2) by hand or target_precision=..., not both "
+            f"(got thresholds={tuple(by_hand)!r} and target_precision={target!r})"
+        )
+    if by_hand is not None:
+        _check_thresholds(by_hand)
+    check_target_precision(target)
+
+
 def check_target_precision(target: float | None) -> None:
     if target is not None and not 0.0 < float(target) < 1.0:
         raise ConfigError(f"target_precision must be in (0, 1), got {target!r}; e.g. 0.95")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from shelver.calibration import Calibration, choose_thresholds, default_thresholds
+from shelver.calibration import Calibration, check_decision_params, choose_thresholds, default_thresholds
 from shelver.data import check_labels, merge_multi_label
 from shelver.decisions import (
     DECISIONS,
@@ -90,6 +90,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
                 "HierarchicalClassifier needs taxonomy=Taxonomy.load(...); "
                 "the tree is never inferred from the labels"
             )
+        check_decision_params(self.thresholds, self.target_precision)
         texts, labels = _as_texts(X), _as_labels(y, self.taxonomy)
         if len(texts) != len(labels):
             raise DataError(f"X has {len(texts):,} texts but y has {len(labels):,} rows")
@@ -214,6 +215,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Re-tunes a fitted model without retraining it; the arg-max prediction never changes.
         """
         self._check_fitted()
+        check_decision_params(self.thresholds, self.target_precision)
         texts, labels = _as_texts(X), _as_labels(y, self.taxonomy_)
         if self.multi_label_:
             texts, labels = merge_multi_label(texts, labels)
@@ -239,8 +241,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     def _init_decisions(self) -> None:
         """After ``fit``: identity calibration, thresholds from the parameters."""
-        if self.thresholds is not None and self.target_precision is not None:
-            raise ConfigError("set thresholds=(level1, level2) by hand or target_precision=..., not both")
+        check_decision_params(self.thresholds, self.target_precision)
         self.multi_label_ = bool(self.multi_label)
         self.calibration_ = Calibration(leaf_first=self.head_.leaf_first)
         self.thresholds_ = default_thresholds(self.thresholds, self.multi_label_, self.taxonomy_)
