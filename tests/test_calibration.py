@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -127,7 +128,7 @@ def test_coverage_falls_as_the_model_thresholds_rise(pair, tiny_frames, taxonomy
         coverages.append(((predicted[:, 1] != "").mean(), (predicted[:, 0] != "").mean()))
     raw.set_params(thresholds=None)
     raw._init_decisions()
-    assert all(a[0] >= b[0] and a[1] >= b[1] for a, b in zip(coverages, coverages[1:], strict=False))
+    assert all(a[0] >= b[0] and a[1] >= b[1] for a, b in itertools.pairwise(coverages))
     assert coverages[0] == (1.0, 1.0) and coverages[-1][0] < 1.0
 
 
@@ -168,7 +169,7 @@ def test_threshold_for_precision_is_the_most_coverage_at_the_target():
     assert threshold_for_precision(conf, right, 0.8) == 0.6  # 4 of 5 answers right
     assert threshold_for_precision(conf, right, 1.0) == 0.9
     assert threshold_for_precision(conf, np.zeros(6, bool), 0.5) > 1.0  # never answer
-    thresholds, coverage, precision = precision_curve(np.array([0.5, 0.5, 0.4]), np.array([1, 0, 1]))
+    thresholds, coverage, _ = precision_curve(np.array([0.5, 0.5, 0.4]), np.array([1, 0, 1]))
     assert thresholds.tolist() == [0.5, 0.4] and coverage.tolist() == [2 / 3, 1.0]  # ties answered together
     assert coverage_at_precision(conf, right, (0.8, 1.0)) == {"0.8": 5 / 6, "1.0": 2 / 6}
 
@@ -187,7 +188,7 @@ def test_save_load_keeps_calibration_and_thresholds(pair, tiny_frames, tmp_path)
 
 def test_decision_parameter_errors(taxonomy, tiny_frames):
     texts, y = xy(tiny_frames["train"])
-    with pytest.raises(ConfigError, match="by hand or target_precision=..., not both"):
+    with pytest.raises(ConfigError, match=r"by hand or target_precision=\.\.\., not both"):
         HierarchicalClassifier(
             taxonomy=taxonomy, encoder="hashing", thresholds=(0.5, 0.5), target_precision=0.9
         ).fit(texts, y)
