@@ -43,7 +43,7 @@ def multi(taxonomy, tiny_frames):
 
 def test_multi_label_model_returns_every_label_above_threshold(multi):
     model, frames = multi
-    texts = frames["test"]["text"].tolist() + ["blue", "zzz"]
+    texts = [*frames["test"]["text"].tolist(), "blue", "zzz"]
     P1, P2 = model.predict_proba(texts)
     per_leaf, per_category = model.thresholds_.per_leaf, model.thresholds_.per_category
     for i, p in enumerate(model.classify(texts)):
