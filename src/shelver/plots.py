@@ -51,7 +51,7 @@ def risk_coverage_plot(curves: dict[str, dict], operating: dict[str, dict], path
     ax.set(xlabel="coverage (share of queries answered)", ylabel="risk (1 - precision)", xlim=(0, 1))
     ax.set_ylim(0, max(0.12, max((max(c["risk"]) for c in curves.values()), default=0.1) * 1.05))
     ax.set_title("Risk-coverage: answering the most confident queries first")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path)
 
 
@@ -73,7 +73,20 @@ def reliability_plot(tables: dict[str, dict[str, list[dict]]], eces: dict[str, d
             xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"Reliability, {level}"
         )
         ax.legend(fontsize=8, loc="upper left")
+        _bin_counts(ax, stages["after"])
     return _save(fig, path)
+
+
+def _bin_counts(ax: Any, rows: list[dict]) -> None:
+    """How many rows each calibrated bin holds, in grey behind the curve: thin bins are noise."""
+    counts = ax.twinx()
+    centres = [(r["low"] + r["high"]) / 2 for r in rows]
+    widths = [r["high"] - r["low"] for r in rows]
+    counts.bar(centres, [r["n"] for r in rows], width=widths, color="grey", alpha=0.15)
+    counts.set_ylabel("rows per bin (after calibration)", fontsize=8, color="grey")
+    counts.tick_params(labelsize=7, colors="grey")
+    ax.set_zorder(counts.get_zorder() + 1)  # the curves in front of the bars
+    ax.patch.set_visible(False)
 
 
 def per_group_plot(groups: list[dict], path: Path, limit: int = 40) -> Path:
