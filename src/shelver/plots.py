@@ -83,7 +83,8 @@ def _bin_counts(ax: Any, rows: list[dict]) -> None:
     centres = [(r["low"] + r["high"]) / 2 for r in rows]
     widths = [r["high"] - r["low"] for r in rows]
     counts.bar(centres, [r["n"] for r in rows], width=widths, color="grey", alpha=0.15)
-    counts.set_ylabel("rows per bin (after calibration)", fontsize=8, color="grey")
+    counts.set_yscale("log")  # most rows sit in the top bin; a log scale keeps the others visible
+    counts.set_ylabel("rows per bin (after calibration, log)", fontsize=8, color="grey")
     counts.tick_params(labelsize=7, colors="grey")
     ax.set_zorder(counts.get_zorder() + 1)  # the curves in front of the bars
     ax.patch.set_visible(False)
