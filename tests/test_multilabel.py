@@ -44,11 +44,13 @@ def multi(taxonomy, tiny_frames):
 def test_multi_label_model_returns_every_label_above_threshold(multi):
     model, frames = multi
     texts = [*frames["test"]["text"].tolist(), "blue", "zzz"]
-    P1, P2 = model.predict_proba(texts)
-    per_leaf, per_category = model.thresholds_.per_leaf, model.thresholds_.per_category
+    s, t = model.scores(texts), model.thresholds_
+    paths, names = model.taxonomy_.paths, model.taxonomy_.categories
     for i, p in enumerate(model.classify(texts)):
-        above = {model.taxonomy_.paths[j] for j in np.flatnonzero(P2[i] >= per_leaf)}
-        categories = {(model.taxonomy_.categories[j], "") for j in np.flatnonzero(P1[i] >= per_category)}
+        above = {paths[j] for j in np.flatnonzero(s.P2[i] >= t.per_leaf)}
+        above |= {paths[s.leaves[i]]} if s.conf2[i] >= t.level2 else set()  # the arg-max, as single-label
+        categories = {(names[j], "") for j in np.flatnonzero(s.P1[i] >= t.per_category)}
+        categories |= {(names[s.categories[i]], "")} if s.conf1[i] >= t.level1 else set()
         expected = above or categories
         assert set(p.paths) == expected
         assert p.decision == ("full" if above else "category" if categories else "abstain")

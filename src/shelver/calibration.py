@@ -27,6 +27,8 @@ from shelver.taxonomy import Taxonomy, format_path
 MIN_GROUP_ROWS = 50
 # a class gets its own multi-label threshold only with this many positive validation rows
 MIN_CLASS_POSITIVES = 20
+# a class threshold never reaches 0: that would answer every class, the impossible ones too
+MIN_CLASS_THRESHOLD = 1e-6
 # the search range of temperatures (log-spaced). Never sharpen more than 4x: a validation split
 # the model gets all right pushes T towards 0 and would make every answer, even "zzz", certain
 T_RANGE = (0.25, 20.0)
@@ -215,28 +217,26 @@ def per_class_thresholds(
     out = np.full(P.shape[1], pooled, dtype=np.float64)
     for j in np.flatnonzero(positives.sum(axis=0) >= MIN_CLASS_POSITIVES):
         out[j] = choose(P[:, j], positives[:, j])
-    return out
+    return np.maximum(out, MIN_CLASS_THRESHOLD)
 
 
 # ---- the estimator's thresholds -------------------------------------------------------------
 # a multi-label softmax spreads a text's mass over its labels (two labels: ~0.5 each), so an
-# untuned multi-label model keeps every label holding a quarter of the mass or more
+# untuned multi-label model adds every other label holding a quarter of the mass or more
 MULTI_LABEL_DEFAULT = 0.25
 
 
 def default_thresholds(by_hand: Sequence[float] | None, multi_label: bool, taxonomy: Taxonomy) -> Thresholds:
-    """Thresholds before any tuning: the hand-set ones, else answer everything (single-label)."""
-    level1, level2 = (
-        tuple(by_hand) if by_hand is not None else (MULTI_LABEL_DEFAULT,) * 2 if multi_label else (0.0, 0.0)
-    )
-    _check_thresholds((level1, level2))
+    """Thresholds before any tuning: the hand-set ones (for every class too, if multi-label),
+    else answer the arg-max path always (and, multi-label, other paths from 0.25)."""
+    if by_hand is not None:
+        _check_thresholds(by_hand)
+    level1, level2 = (float(t) for t in by_hand) if by_hand is not None else (0.0, 0.0)
     if not multi_label:
-        return Thresholds(float(level1), float(level2))
+        return Thresholds(level1, level2)
+    extra1, extra2 = (level1, level2) if by_hand is not None else (MULTI_LABEL_DEFAULT,) * 2
     return Thresholds(
-        float(level1),
-        float(level2),
-        np.full(len(taxonomy.categories), float(level1)),
-        np.full(len(taxonomy), float(level2)),
+        level1, level2, np.full(len(taxonomy.categories), extra1), np.full(len(taxonomy), extra2)
     )
 
 
@@ -300,19 +300,39 @@ def _level_thresholds(
 def _multi_label_thresholds(
     scores: Scores, texts: Sequence[str], leaves: np.ndarray, taxonomy: Taxonomy, target: float | None
 ) -> Thresholds:
+    """Level thresholds for the arg-max path (as single-label, with "right" meaning "among the
+    text's labels"; 0 without a target), and per-class thresholds for the other paths, chosen
+    on the rows where that class is not the arg-max."""
     first: dict[str, int] = {}
     for i, text in enumerate(texts):
         first.setdefault(text, i)
     rows = np.array(list(first.values()))
     index = {text: k for k, text in enumerate(first)}
-    leaf_pos = np.zeros((len(rows), len(taxonomy)), dtype=bool)
-    leaf_pos[[index[t] for t in texts], leaves] = True
+    position = np.array([index[t] for t in texts])
     leaf_category = np.asarray(taxonomy.leaf_category)
+    leaf_pos = np.zeros((len(rows), len(taxonomy)), dtype=bool)
+    leaf_pos[position, leaves] = True
     cat_pos = np.zeros((len(rows), len(taxonomy.categories)), dtype=bool)
-    cat_pos[[index[t] for t in texts], leaf_category[leaves]] = True
-    per_leaf = per_class_thresholds(scores.P2[rows], leaf_pos, target, MULTI_LABEL_DEFAULT)
-    per_category = per_class_thresholds(scores.P1[rows], cat_pos, target, MULTI_LABEL_DEFAULT)
-    return Thresholds(float(np.median(per_category)), float(np.median(per_leaf)), per_category, per_leaf)
+    cat_pos[position, leaf_category[leaves]] = True
+    top_leaf, top_cat = scores.leaves[rows], scores.categories[rows]
+    k = np.arange(len(rows))
+    level1 = level2 = 0.0
+    if target is not None:
+        level2 = threshold_for_precision(scores.conf2[rows], leaf_pos[k, top_leaf], target)
+        level1 = threshold_for_precision(scores.conf1[rows], cat_pos[k, top_cat], target)
+    per_leaf = per_class_thresholds(
+        *_others(scores.P2[rows], leaf_pos, top_leaf), target, MULTI_LABEL_DEFAULT
+    )
+    per_cat = per_class_thresholds(*_others(scores.P1[rows], cat_pos, top_cat), target, MULTI_LABEL_DEFAULT)
+    return Thresholds(level1, level2, per_cat, per_leaf)
+
+
+def _others(P: np.ndarray, positives: np.ndarray, top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and labels with each row's arg-max taken out (-1 never passes a threshold)."""
+    k = np.arange(len(top))
+    P, positives = P.copy(), positives.copy()
+    P[k, top], positives[k, top] = -1.0, False
+    return P, positives
 
 
 # ---- model directory form -----------------------------------------------------------------

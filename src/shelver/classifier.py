@@ -200,7 +200,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         return out
 
     def _label_paths(self, s: Scores) -> tuple[list[list[tuple[str, ...]]], np.ndarray]:
-        sets, codes = label_sets(s.P1, s.P2, self.thresholds_)
+        sets, codes = label_sets(s, self.thresholds_)
         categories, paths = self.taxonomy_.categories, self.taxonomy_.paths
         answered = [
             [paths[j] if code == 0 else (categories[j], "") for j in chosen]

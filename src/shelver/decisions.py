@@ -3,8 +3,9 @@ nothing, with the reason. NumPy only (the service imports this without sklearn o
 
 Single-label back-off, in this order: keep the subcategory if its joint confidence reaches the
 level-2 threshold; else keep the category if its confidence reaches the level-1 threshold;
-else abstain. Multi-label: every leaf whose confidence reaches its own class threshold; if
-none does, every category that reaches its own; else abstain.
+else abstain. Multi-label: the same for the arg-max path, plus every other leaf whose
+confidence reaches its own class threshold; if no leaf is answered, the categories likewise;
+else abstain.
 """
 
 from __future__ import annotations
@@ -124,17 +125,24 @@ def single_label_predictions(
 
 
 # ---- multi label --------------------------------------------------------------------------
-def label_sets(P1: np.ndarray, P2: np.ndarray, thresholds: Thresholds) -> tuple[list[np.ndarray], np.ndarray]:
+def label_sets(scores: Scores, thresholds: Thresholds) -> tuple[list[np.ndarray], np.ndarray]:
     """Per row, the answered indices (leaves, or categories when no leaf passes), best first,
-    and the decision code of the row."""
-    leaf_ok = np.greater_equal(P2, thresholds.per_leaf)
-    cat_ok = np.greater_equal(P1, thresholds.per_category)
+    and the decision code of the row.
+
+    A leaf is answered when it reaches its own class threshold, or when it is the arg-max path
+    and reaches the level-2 threshold (the single-label rule); categories likewise at level 1.
+    """
+    rows = np.arange(len(scores.leaves))
+    leaf_ok = np.greater_equal(scores.P2, thresholds.per_leaf)
+    leaf_ok[rows, scores.leaves] |= scores.conf2 >= thresholds.level2
+    cat_ok = np.greater_equal(scores.P1, thresholds.per_category)
+    cat_ok[rows, scores.categories] |= scores.conf1 >= thresholds.level1
     codes = np.where(leaf_ok.any(axis=1), 0, np.where(cat_ok.any(axis=1), 1, 2))
     sets = []
     for i, code in enumerate(codes):
-        scores, ok = (P2[i], leaf_ok[i]) if code == 0 else (P1[i], cat_ok[i])
+        values, ok = (scores.P2[i], leaf_ok[i]) if code == 0 else (scores.P1[i], cat_ok[i])
         chosen = np.flatnonzero(ok)
-        sets.append(chosen[np.argsort(-scores[chosen], kind="stable")])
+        sets.append(chosen[np.argsort(-values[chosen], kind="stable")])
     return sets, codes
 
 
