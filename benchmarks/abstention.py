@@ -6,8 +6,9 @@ level, ECE before/after calibration, and the precision the valid-chosen threshol
 reach on test. Then the multi-label fashion view (gender x category, 270 leaves): per-class
 thresholds against top-1 answers of the same model.
 
-    PYTHONPATH=src nice python benchmarks/abstention.py
+    PYTHONPATH=src nice python benchmarks/abstention.py [fashion] [grocery] [multi_label]
 
+Sections can run one at a time (the others' results are kept); each records its git commit.
 Embeddings are cached under benchmarks/.cache (git-ignored); reports go to runs/abstention/.
 """
 
@@ -228,15 +229,37 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SECTIONS = ("fashion", "grocery", "multi_label")
+
+
 def main() -> None:
-    results = {"command": COMMAND, "encoder": "minilm (frozen)", "head": "per_group"}
-    results["single_label"] = [single_label(name) for name in ("fashion", "grocery")]
-    results["multi_label"] = multi_label()
+    """Run the sections named on the command line (default: all); results of the others are
+    kept from the previous run, so sections can run one at a time on a busy machine."""
+    only = [a for a in sys.argv[1:] if a in SECTIONS] or list(SECTIONS)
+    path = RESULTS / "abstention.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results.update({"command": COMMAND + " [fashion grocery multi_label]", "encoder": "minilm (frozen)"})
+    results["head"] = "per_group"
+    sections = results.setdefault("sections", {})
+    for name in only:
+        sections[name] = multi_label() if name == "multi_label" else single_label(name)
+        sections[name]["git_commit"] = _commit()
+    results["single_label"] = [sections[n] for n in ("fashion", "grocery") if n in sections]
+    results["multi_label"] = sections.get("multi_label", {})
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "abstention.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = markdown(results)
-    (RESULTS / "abstention.md").write_text(text)
-    print(text)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    if len(results["single_label"]) == 2 and results["multi_label"]:
+        text = markdown(results)
+        (RESULTS / "abstention.md").write_text(text)
+        print(text)
+
+
+def _commit() -> str:
+    import subprocess
+
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
 
 
 if __name__ == "__main__":
