@@ -15,8 +15,18 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from shelver.data import check_labels
-from shelver.decisions import Prediction
+from shelver.calibration import Calibration, check_decision_params, choose_thresholds, default_thresholds
+from shelver.data import check_labels, merge_multi_label
+from shelver.decisions import (
+    DECISIONS,
+    Prediction,
+    Scores,
+    decide,
+    label_sets,
+    multi_label_reason,
+    single_label_predictions,
+    withhold,
+)
 from shelver.encoders import CachedEncoder, Encoder, make_encoder
 from shelver.errors import ConfigError, DataError, NotFittedError
 from shelver.heads import Head, LinearOptions, make_head
@@ -36,6 +46,13 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     C, class_weight, max_iter : passed to every logistic-regression head.
     random_state : seed of every fitted component.
     progress : show progress bars while encoding and fitting.
+    thresholds : ``(level1, level2)`` confidence thresholds set by hand: below the level-2
+        threshold the subcategory is withheld, below the level-1 one the category too. ``None``
+        (default) answers every level (``(0.25, 0.25)`` for a multi-label model).
+    target_precision : instead of hand thresholds, choose them on the validation split given
+        to ``calibrate`` so that each level reaches this precision (per class if multi-label).
+    multi_label : identical texts with different labels are one text with several paths;
+        predictions are every path above its class threshold.
     """
 
     def __init__(
@@ -49,6 +66,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         max_iter: int = 300,
         random_state: int = 0,
         progress: bool = False,
+        thresholds: tuple[float, float] | None = None,
+        target_precision: float | None = None,
+        multi_label: bool = False,
     ) -> None:
         self.taxonomy = taxonomy
         self.encoder = encoder
@@ -59,6 +79,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
         self.progress = progress
+        self.thresholds = thresholds
+        self.target_precision = target_precision
+        self.multi_label = multi_label
 
     # ---- fitting ------------------------------------------------------------------------
     def fit(self, X: Sequence[str], y: Any) -> HierarchicalClassifier:
@@ -67,9 +90,12 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
                 "HierarchicalClassifier needs taxonomy=Taxonomy.load(...); "
                 "the tree is never inferred from the labels"
             )
+        check_decision_params(self.thresholds, self.target_precision)
         texts, labels = _as_texts(X), _as_labels(y, self.taxonomy)
         if len(texts) != len(labels):
             raise DataError(f"X has {len(texts):,} texts but y has {len(labels):,} rows")
+        if self.multi_label:
+            texts, labels = merge_multi_label(texts, labels)
         leaves = np.array([self.taxonomy.leaf_index[tuple(row)] for row in labels])
         self.taxonomy_ = self.taxonomy
         self.encoder_ = self._build_encoder()
@@ -83,6 +109,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
             np.array(self.taxonomy.categories),
             np.array([" > ".join(p) for p in self.taxonomy.paths]),
         ]
+        self._init_decisions()
         return self
 
     def _build_encoder(self) -> Encoder:
@@ -96,16 +123,21 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     # ---- predicting ---------------------------------------------------------------------
     def predict_proba(self, X: Sequence[str]) -> list[np.ndarray]:
-        """``[P1 (n, n_categories), P2 (n, n_leaves)]``; ``P2`` is the joint leaf probability."""
-        return list(self.head_proba(self.embed(X)))
+        """Calibrated ``[P1 (n, n_categories), P2 (n, n_leaves)]``; ``P2`` is the joint leaf
+        probability. Before ``calibrate`` the calibration is the identity."""
+        return list(self.calibrate_proba(*self.head_proba(self.embed(X))))
 
     def embed(self, X: Sequence[str]) -> np.ndarray:
         self._check_fitted()
         return self.encoder_.encode(_as_texts(X), progress=self.progress)
 
     def head_proba(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The head's raw (uncalibrated) probabilities."""
         self._check_fitted()
         return self.head_.proba(embeddings)
+
+    def calibrate_proba(self, P1: np.ndarray, P2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.calibration_.apply(P1, P2, np.asarray(self.taxonomy_.leaf_category))
 
     def decode(self, P1: np.ndarray, P2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the predicted category and leaf of each row.
@@ -121,22 +153,99 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         masked = np.where(leaf_category[None, :] == categories[:, None], P2, -1.0)
         return categories, masked.argmax(axis=1)
 
+    def scores(self, X: Sequence[str]) -> Scores:
+        """Raw and calibrated probabilities, the arg-max path and its calibrated confidences."""
+        raw = self.head_proba(self.embed(X))
+        return self._scores(raw)
+
+    def _scores(self, raw: tuple[np.ndarray, np.ndarray]) -> Scores:
+        # the path is decoded from the raw probabilities: calibration never changes the arg-max
+        categories, leaves = self.decode(*raw)
+        P1, P2 = self.calibrate_proba(*raw)
+        rows = np.arange(len(leaves))
+        return Scores(raw, P1, P2, categories, leaves, P1[rows, categories], P2[rows, leaves])
+
     def predict(self, X: Sequence[str]) -> np.ndarray:
-        """``(n, 2)`` array of ``[category, subcategory]`` strings."""
-        _, leaves = self.decode(*self.predict_proba(X))
-        return np.array([self.taxonomy_.paths[i] for i in leaves], dtype=object).reshape(-1, 2).astype(str)
+        """``(n, 2)`` array of ``[category, subcategory]`` strings, ``""`` where withheld."""
+        s = self.scores(X)
+        if self.multi_label_:
+            return np.array([p[0] if p else ("", "") for p in self._label_paths(s)[0]]).reshape(-1, 2)
+        paths = np.array([self.taxonomy_.paths[i] for i in s.leaves], dtype=object).reshape(-1, 2)
+        return withhold(paths, decide(s.conf1, s.conf2, self.thresholds_))
+
+    def predict_paths(self, X: Sequence[str]) -> list[list[tuple[str, ...]]]:
+        """Every answered path of each text (several for a multi-label model, none if abstaining)."""
+        return [list(p.paths) for p in self.classify(X)]
 
     def classify(self, X: Sequence[str]) -> list[Prediction]:
-        """One ``Prediction`` per text: the path and the confidence at each level."""
+        """One ``Prediction`` per text: the decision, its reason, the answered path(s) and the
+        calibrated confidence at each level."""
         texts = _as_texts(X)
-        P1, P2 = self.predict_proba(texts)
-        categories, leaves = self.decode(P1, P2)
-        rows = np.arange(len(texts))
-        conf1, conf2 = P1[rows, categories], P2[rows, leaves]
-        return [
-            Prediction(text, self.taxonomy_.paths[leaf], (float(c1), float(c2)))
-            for text, leaf, c1, c2 in zip(texts, leaves, conf1, conf2, strict=True)
+        s = self.scores(texts)
+        if self.multi_label_:
+            return self._multi_label_predictions(texts, s)
+        paths = np.array([self.taxonomy_.paths[i] for i in s.leaves], dtype=object).reshape(-1, 2)
+        return single_label_predictions(texts, paths, s.conf1, s.conf2, self.thresholds_)
+
+    def _multi_label_predictions(self, texts: list[str], s: Scores) -> list[Prediction]:
+        answered, codes = self._label_paths(s)
+        out = []
+        for i, text in enumerate(texts):
+            code, paths = int(codes[i]), answered[i]
+            path = paths[0] if paths else ("", "")
+            confidence = (float(s.conf1[i]), float(s.conf2[i]))
+            candidate = self.taxonomy_.paths[s.leaves[i]]
+            reason = multi_label_reason(code, len(paths))
+            out.append(Prediction(text, path, confidence, DECISIONS[code], reason, tuple(paths), candidate))
+        return out
+
+    def _label_paths(self, s: Scores) -> tuple[list[list[tuple[str, ...]]], np.ndarray]:
+        sets, codes = label_sets(s, self.thresholds_)
+        categories, paths = self.taxonomy_.categories, self.taxonomy_.paths
+        answered = [
+            [paths[j] if code == 0 else (categories[j], "") for j in chosen]
+            for chosen, code in zip(sets, codes, strict=True)
         ]
+        return answered, codes
+
+    # ---- calibration and thresholds -----------------------------------------------------
+    def calibrate(self, X: Sequence[str], y: Any) -> HierarchicalClassifier:
+        """Fit temperatures on validation data and, with ``target_precision``, the thresholds.
+
+        Re-tunes a fitted model without retraining it; the arg-max prediction never changes.
+        """
+        self._check_fitted()
+        check_decision_params(self.thresholds, self.target_precision)
+        texts, labels = _as_texts(X), _as_labels(y, self.taxonomy_)
+        if self.multi_label_:
+            texts, labels = merge_multi_label(texts, labels)
+        leaves = np.array([self.taxonomy_.leaf_index[tuple(row)] for row in labels])
+        raw = self.head_proba(self.embed(texts))
+        leaf_category = np.asarray(self.taxonomy_.leaf_category)
+        self.calibration_ = Calibration.fit(*raw, leaves, leaf_category, self.head_.leaf_first)
+        self.thresholds_ = choose_thresholds(
+            self._scores(raw),
+            texts,
+            leaves,
+            self.taxonomy_,
+            self.multi_label_,
+            self.thresholds,
+            self.target_precision,
+        )
+        self.calibrated_on_ = {
+            "n": len(texts),
+            "fingerprint": _fingerprint(texts, labels),
+            "target_precision": self.target_precision,
+        }
+        return self
+
+    def _init_decisions(self) -> None:
+        """After ``fit``: identity calibration, thresholds from the parameters."""
+        check_decision_params(self.thresholds, self.target_precision)
+        self.multi_label_ = bool(self.multi_label)
+        self.calibration_ = Calibration(leaf_first=self.head_.leaf_first)
+        self.thresholds_ = default_thresholds(self.thresholds, self.multi_label_, self.taxonomy_)
+        self.calibrated_on_: dict[str, Any] | None = None
 
     def score(self, X: Sequence[str], y: Any, sample_weight: Any = None) -> float:
         """Leaf (level-2) accuracy."""

@@ -54,6 +54,12 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--config", "config_path", type=existing_file, help="TOML configuration.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option(
+    "--target-precision",
+    type=float,
+    help="Choose thresholds on --valid so each level reaches this precision (e.g. 0.95).",
+)
+@click.option("--multi-label", is_flag=True, help="Texts may have several paths ('A > B | C > D').")
 def train(
     taxonomy_path: Path,
     train_path: Path,
@@ -62,20 +68,23 @@ def train(
     config_path: Path | None,
     overrides: tuple[str, ...],
     quiet: bool,
+    target_precision: float | None,
+    multi_label: bool,
 ) -> None:
-    """Train a hierarchical classifier and save it to --out."""
+    """Train a hierarchical classifier (calibrated on --valid when given) and save it to --out."""
     from shelver.config import load_config
     from shelver.data import read_labeled
     from shelver.taxonomy import Taxonomy
     from shelver.training import train_model
 
+    overrides += _decision_overrides(target_precision, multi_label)
     config = load_config(config_path, overrides)
     taxonomy = Taxonomy.load(taxonomy_path)
     data = read_labeled(train_path, taxonomy)
     valid = read_labeled(valid_path, taxonomy) if valid_path else None
     out.mkdir(parents=True, exist_ok=True)
     config.write(out / "train_config.json")  # written before anything runs
-    model = train_model(config, taxonomy, data, progress=not quiet)
+    model = train_model(config, taxonomy, data, progress=not quiet, valid=valid)
     model.save(out)
     click.echo(f"saved model to {out} ({len(data):,} training rows, head={config.head.kind})", err=True)
     if valid is not None:
@@ -132,11 +141,54 @@ def _load(model_dir: Path, taxonomy_path: Path | None):
 
 
 def _evaluate_and_print(model, data, out: Path) -> None:
-    from shelver.report import evaluate, summary_table, write_report
+    from shelver.report import confidence_table, evaluate, summary_table, write_report
 
     evaluation = evaluate(model, data)
     write_report(evaluation, out, title=f"{data.origin}: {model.head} head")
-    click.echo(f"{data.origin}:\n{summary_table(evaluation.metrics)}\nreport: {out}/report.md")
+    tables = f"{summary_table(evaluation.metrics)}\n\n{confidence_table(evaluation.metrics)}"
+    click.echo(f"{data.origin}:\n{tables}\nreport: {out}/report.html")
+
+
+# ---- issue 4: calibration, thresholds, decisions ---------------------------------------------
+def _decision_overrides(target_precision: float | None, multi_label: bool) -> tuple[str, ...]:
+    extra = () if target_precision is None else (f"decision.target_precision={target_precision}",)
+    return extra + (("decision.multi_label=true",) if multi_label else ())
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@click.option("--valid", "valid_path", required=True, type=existing_file, help="Labeled validation data.")
+@click.option(
+    "--target-precision", type=float, help="Choose thresholds so each level reaches this precision."
+)
+@click.option("--thresholds", help="Set the thresholds by hand instead: LEVEL1,LEVEL2 (e.g. 0.5,0.7).")
+def calibrate(
+    model_dir: Path, valid_path: Path, target_precision: float | None, thresholds: str | None
+) -> None:
+    """Re-fit temperatures and thresholds of a trained model on --valid, without retraining."""
+    from shelver.data import read_labeled
+
+    model = _load(model_dir, None)
+    if target_precision is not None or thresholds is not None:
+        model.set_params(target_precision=target_precision, thresholds=_parse_thresholds(thresholds))
+    valid = read_labeled(valid_path, model.taxonomy_)
+    model.calibrate(valid.texts, valid.y)
+    model.save(model_dir)
+    t = model.thresholds_
+    click.echo(
+        f"calibrated {model_dir} on {valid.origin}: thresholds {t.level1:.4f} / {t.level2:.4f}", err=True
+    )
+    _evaluate_and_print(model, valid, model_dir / "valid")
+
+
+def _parse_thresholds(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        level1, level2 = (float(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LEVEL1,LEVEL2 such as 0.5,0.7, got {text!r}") from None
+    return level1, level2
 
 
 if __name__ == "__main__":

@@ -39,9 +39,18 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class DecisionConfig:
+    # None answers every level; a precision (e.g. 0.95) picks the thresholds on --valid
+    target_precision: float | None = None
+    # off: a text's duplicates with other labels stay separate single-label rows
+    multi_label: bool = False
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
     # one seed for every fitted component: two runs on the same data give the same model
     seed: int = 0
 
@@ -127,4 +136,4 @@ def _coerce(value: Any, spec: dataclasses.Field, key: str) -> Any:
     return value
 
 
-_DATACLASSES = {"EncoderConfig": EncoderConfig, "HeadConfig": HeadConfig}
+_DATACLASSES = {"EncoderConfig": EncoderConfig, "HeadConfig": HeadConfig, "DecisionConfig": DecisionConfig}

@@ -1,7 +1,9 @@
 """Read and write labeled data: CSV, Parquet, JSONL (and plain text for unlabeled queries).
 
 A labeled file has a ``text`` column and either one column per taxonomy level (named as the
-taxonomy names its levels) or a ``path`` column ``"Category > Subcategory"``. An optional
+taxonomy names its levels) or a ``path`` column ``"Category > Subcategory"``; a ``path`` cell
+may hold several paths separated by ``" | "`` (a multi-label row: it becomes one row per path,
+the text repeated, which is also how identical texts with different labels arrive). An optional
 ``source`` column carries each row's provenance (``human``, ``llm:<model>``, ``synthetic:...``).
 """
 
@@ -78,10 +80,25 @@ def read_labeled(path: str | Path, taxonomy: Taxonomy) -> LabeledData:
     origin = Path(path).name
     if frame.empty:
         raise DataError(f"{origin} has no rows; a labeled file needs at least one")
+    frame = explode_multi_label(frame, taxonomy)
     texts = texts_of(frame, origin)
     y = labels_of(frame, taxonomy, origin)
     source = frame["source"].astype(str).tolist() if "source" in frame.columns else ["human"] * len(texts)
     return LabeledData(texts, y, source, origin)
+
+
+MULTI_SEPARATOR = "|"
+
+
+def explode_multi_label(frame: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
+    """One row per path of every ``"A > B | C > D"`` cell; the file's row number stays the index."""
+    frame = frame.set_axis(pd.RangeIndex(1, len(frame) + 1))
+    if all(level in frame.columns for level in taxonomy.levels) or "path" not in frame.columns:
+        return frame
+    cells = frame["path"].astype(str)
+    if not cells.str.contains(MULTI_SEPARATOR, regex=False).any():
+        return frame
+    return frame.assign(path=cells.str.split(MULTI_SEPARATOR, regex=False)).explode("path")
 
 
 def labels_of(frame: pd.DataFrame, taxonomy: Taxonomy, origin: str) -> np.ndarray:
@@ -96,20 +113,38 @@ def labels_of(frame: pd.DataFrame, taxonomy: Taxonomy, origin: str) -> np.ndarra
             f"{origin} has no label columns: give one column per level "
             f"({', '.join(levels)}) or a 'path' column like 'Shoes > Sneakers'"
         )
-    check_labels(y, taxonomy, origin)
+    check_labels(y, taxonomy, origin, row_numbers=frame.index.to_numpy())
     return y.astype(str)
 
 
-def check_labels(y: np.ndarray, taxonomy: Taxonomy, origin: str) -> None:
+def check_labels(
+    y: np.ndarray, taxonomy: Taxonomy, origin: str, row_numbers: np.ndarray | None = None
+) -> None:
     """Raise on the first row whose path is not a leaf, counting the others."""
     bad = [i for i, row in enumerate(map(tuple, y)) if row not in taxonomy.leaf_index]
     if bad:
         first = bad[0]
         reason = taxonomy.explain_unknown(tuple(y[first]))
+        number = int(row_numbers[first]) if row_numbers is not None else first + 1
         raise DataError(
-            f"{reason} (row {first + 1:,} of {origin}){_and_more(len(bad))}; "
+            f"{reason} (row {number:,} of {origin}){_and_more(len(bad))}; "
             "fix the label or add the path to the taxonomy"
         )
+
+
+def merge_multi_label(texts: list[str], y: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """One row per distinct (text, path): a text with several paths keeps one row per path,
+    and repeats of the same (text, path) collapse (they would weigh that pair twice)."""
+    seen = dict.fromkeys(zip(texts, map(tuple, y), strict=True))
+    return [t for t, _ in seen], np.array([p for _, p in seen], dtype=str).reshape(-1, y.shape[1])
+
+
+def label_sets(texts: list[str], leaves: np.ndarray) -> tuple[list[str], list[set[int]]]:
+    """Distinct texts (first-seen order) and the set of leaf indices each one carries."""
+    sets: dict[str, set[int]] = {}
+    for text, leaf in zip(texts, leaves, strict=True):
+        sets.setdefault(text, set()).add(int(leaf))
+    return list(sets), list(sets.values())
 
 
 def _split_path(text: str, depth: int) -> tuple[str, ...]:

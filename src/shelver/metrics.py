@@ -112,3 +112,96 @@ def per_group_accuracy(truth: np.ndarray, predicted: np.ndarray) -> list[dict]:
         correct = np.all(truth[mask] == predicted[mask], axis=1)
         rows.append({"category": category, "n": int(mask.sum()), "accuracy": float(correct.mean())})
     return rows
+
+
+# ---- confidence: selective prediction and calibration ----------------------------------------
+PRECISION_TARGETS = (0.9, 0.95, 0.99)
+ECE_BINS = 15
+
+
+def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> dict[str, list[float]]:
+    """Answering the most confident rows first: coverage, risk (1 - precision) and threshold."""
+    from shelver.calibration import precision_curve
+
+    thresholds, coverage, precision = precision_curve(confidence, correct)
+    return {"threshold": thresholds.tolist(), "coverage": coverage.tolist(), "risk": (1 - precision).tolist()}
+
+
+def coverage_at_precision(
+    confidence: np.ndarray, correct: np.ndarray, targets: Sequence[float] = PRECISION_TARGETS
+) -> dict[str, float]:
+    """The largest share of rows answerable at each precision (thresholds set on these rows)."""
+    from shelver.calibration import precision_curve
+
+    _, coverage, precision = precision_curve(confidence, correct)
+    out = {}
+    for target in targets:
+        ok = precision >= target
+        out[str(target)] = float(coverage[ok].max()) if ok.any() else 0.0
+    return out
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
+    """Equal-width confidence bins: count, mean confidence and accuracy of each non-empty one."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            rows.append(
+                {
+                    "low": float(edges[b]),
+                    "high": float(edges[b + 1]),
+                    "n": int(mask.sum()),
+                    "confidence": float(confidence[mask].mean()),
+                    "accuracy": float(np.mean(correct[mask])),
+                }
+            )
+    return rows
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: the count-weighted mean gap between confidence and accuracy over equal-width bins."""
+    if len(confidence) == 0:
+        return 0.0
+    table = reliability(confidence, correct, bins)
+    return float(sum(r["n"] * abs(r["confidence"] - r["accuracy"]) for r in table) / len(confidence))
+
+
+def selective_metrics(confidence: np.ndarray, correct: np.ndarray, answered: np.ndarray) -> dict[str, float]:
+    """At the model's operating thresholds: share answered, and accuracy on what was answered."""
+    n = max(int(answered.sum()), 1)
+    return {
+        "coverage": float(answered.mean()) if len(answered) else 0.0,
+        "selective_accuracy": float(np.sum(correct & answered) / n) if answered.any() else 1.0,
+        "answered": int(answered.sum()),
+    }
+
+
+# ---- multi-label ------------------------------------------------------------------------------
+def example_f1(truth: Sequence[set], predicted: Sequence[set]) -> float:
+    """Example-based F1: per text 2|T ∩ P| / (|T| + |P|), averaged (an empty answer scores 0)."""
+    scores = [
+        2 * len(t & p) / (len(t) + len(p)) if t or p else 1.0 for t, p in zip(truth, predicted, strict=True)
+    ]
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def subset_accuracy(truth: Sequence[set], predicted: Sequence[set]) -> float:
+    """Share of texts whose predicted set is exactly the true set."""
+    return float(np.mean([t == p for t, p in zip(truth, predicted, strict=True)])) if truth else 0.0
+
+
+def multi_label_metrics(truth: Sequence[set], predicted: Sequence[set]) -> dict[str, float]:
+    answered = [p for p in predicted if p]
+    precision = [len(t & p) / len(p) for t, p in zip(truth, predicted, strict=True) if p]
+    return {
+        "n_texts": len(truth),
+        "n_multi_label_texts": sum(len(t) > 1 for t in truth),
+        "example_f1": example_f1(truth, predicted),
+        "subset_accuracy": subset_accuracy(truth, predicted),
+        "coverage": len(answered) / len(truth) if truth else 0.0,
+        "example_precision_answered": float(np.mean(precision)) if precision else 1.0,
+        "mean_paths_answered": float(np.mean([len(p) for p in answered])) if answered else 0.0,
+    }

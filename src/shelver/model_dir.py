@@ -6,6 +6,7 @@ MODEL_DIR/
   config.json        the estimator's parameters and the encoder spec
   taxonomy.json      the tree the model was trained on
   heads.safetensors  every head's weights
+  calibration.json   temperatures and decision thresholds (fitted on the validation split)
   encoder/           a copy of a local (fine-tuned) encoder, when the encoder is not built in
 ```
 Loading re-hashes every file and refuses a model whose files changed, or whose taxonomy is
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from shelver.classifier import HierarchicalClassifier
 
 FORMAT_VERSION = 1
-HASHED_FILES = ("config.json", "taxonomy.json", "heads.safetensors")
+HASHED_FILES = ("config.json", "taxonomy.json", "heads.safetensors", "calibration.json")
 
 
 def save_model(model: HierarchicalClassifier, path: str | Path) -> Path:
@@ -45,8 +46,18 @@ def save_model(model: HierarchicalClassifier, path: str | Path) -> Path:
     arrays = {k: np.ascontiguousarray(v) for k, v in model.head_.to_arrays().items()}
     save_file(arrays, str(out / "heads.safetensors"))
     _write_json(out / "config.json", {"params": _params(model), "encoder": _encoder_entry(model, out)})
+    _write_json(out / "calibration.json", _calibration_entry(model))
     _write_json(out / "manifest.json", _manifest(model, out))
     return out
+
+
+def _calibration_entry(model: HierarchicalClassifier) -> dict[str, Any]:
+    from shelver.calibration import decisions_to_dict
+
+    return {
+        "multi_label": model.multi_label_,
+        **decisions_to_dict(model.calibration_, model.thresholds_, model.taxonomy_, model.calibrated_on_),
+    }
 
 
 def _params(model: HierarchicalClassifier) -> dict[str, Any]:
@@ -83,7 +94,7 @@ def _manifest(model: HierarchicalClassifier, out: Path) -> dict[str, Any]:
             "fingerprint": model.train_fingerprint_,
             "counts": counts,
         },
-        "files": {name: _sha256(out / name) for name in HASHED_FILES},
+        "files": {name: _sha256(out / name) for name in HASHED_FILES if (out / name).is_file()},
     }
 
 
@@ -103,7 +114,9 @@ def load_model(path: str | Path, taxonomy: Taxonomy | None = None) -> Hierarchic
     params = dict(config["params"], encoder=_encoder_spec(root, config["encoder"]))
     model = HierarchicalClassifier(taxonomy=trained_on, **params)
     head_cls = HEADS[params["head"]]
-    _restore(model, manifest, head_cls.from_arrays(trained_on, load_file(str(root / "heads.safetensors"))))
+    _restore(
+        model, manifest, head_cls.from_arrays(trained_on, load_file(str(root / "heads.safetensors"))), root
+    )
     return model
 
 
@@ -160,7 +173,7 @@ def _encoder_spec(root: Path, entry: dict[str, Any]) -> str:
     return str(root / "encoder") if spec == "encoder" else spec
 
 
-def _restore(model: HierarchicalClassifier, manifest: dict[str, Any], head: Any) -> None:
+def _restore(model: HierarchicalClassifier, manifest: dict[str, Any], head: Any, root: Path) -> None:
     taxonomy = model.taxonomy
     counts = manifest["training"]["counts"]
     model.taxonomy_ = taxonomy
@@ -169,6 +182,20 @@ def _restore(model: HierarchicalClassifier, manifest: dict[str, Any], head: Any)
     model.train_counts_ = np.array([counts.get(format_path(p), 0) for p in taxonomy.paths])
     model.train_fingerprint_ = manifest["training"]["fingerprint"]
     model.classes_ = [np.array(taxonomy.categories), np.array([format_path(p) for p in taxonomy.paths])]
+    _restore_decisions(model, root)
+
+
+def _restore_decisions(model: HierarchicalClassifier, root: Path) -> None:
+    """Temperatures and thresholds; a model saved before calibration existed gets the defaults."""
+    from shelver.calibration import decisions_from_dict
+
+    model._init_decisions()
+    file = root / "calibration.json"
+    if file.is_file():
+        payload = json.loads(file.read_text())
+        model.multi_label_ = bool(payload.get("multi_label", False))
+        model.calibration_, model.thresholds_ = decisions_from_dict(payload, model.taxonomy_)
+        model.calibrated_on_ = payload.get("fitted_on")
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

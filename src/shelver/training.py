@@ -9,6 +9,7 @@ from __future__ import annotations
 from shelver.classifier import HierarchicalClassifier
 from shelver.config import TrainConfig
 from shelver.data import LabeledData
+from shelver.errors import ConfigError
 from shelver.taxonomy import Taxonomy
 
 
@@ -29,10 +30,24 @@ def build_model(config: TrainConfig, taxonomy: Taxonomy, progress: bool = True) 
         max_iter=config.head.max_iter,
         random_state=config.seed,
         progress=progress,
+        target_precision=config.decision.target_precision,
+        multi_label=config.decision.multi_label,
     )
 
 
 def train_model(
-    config: TrainConfig, taxonomy: Taxonomy, data: LabeledData, progress: bool = True
+    config: TrainConfig,
+    taxonomy: Taxonomy,
+    data: LabeledData,
+    progress: bool = True,
+    valid: LabeledData | None = None,
 ) -> HierarchicalClassifier:
-    return build_model(config, taxonomy, progress).fit(data.texts, data.y)
+    """Fit on ``data``; with ``valid``, calibrate on it (temperatures, and thresholds when a
+    target precision is set)."""
+    if config.decision.target_precision is not None and valid is None:
+        raise ConfigError(
+            "a target precision needs validation data to choose thresholds on "
+            "(never the training data): pass --valid FILE"
+        )
+    model = build_model(config, taxonomy, progress).fit(data.texts, data.y)
+    return model.calibrate(valid.texts, valid.y) if valid is not None else model

@@ -1,0 +1,266 @@
+"""Calibration, abstention and multi-label on the shared data (issue 4).
+
+For fashion and grocery: train the default per_group head on frozen MiniLM embeddings (train
+split), calibrate and choose thresholds on valid, report on test: coverage at precision per
+level, ECE before/after calibration, and the precision the valid-chosen thresholds actually
+reach on test. Then the multi-label fashion view (gender x category, 270 leaves): per-class
+thresholds against top-1 answers of the same model.
+
+    PYTHONPATH=src nice python benchmarks/abstention.py [fashion] [grocery] [multi_label]
+
+Sections can run one at a time (the others' results are kept); each records its git commit.
+Embeddings are cached under benchmarks/.cache (git-ignored); reports go to runs/abstention/.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from embedding_cache import DiskCachedEncoder
+
+from shelver import HierarchicalClassifier, Taxonomy
+from shelver.data import LabeledData, explode_multi_label, labels_of
+from shelver.report import evaluate, write_report
+from shelver.views import fashion_gender_view
+
+DATA = Path("/work/shared/data")
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+REPORTS = ROOT / "runs" / "abstention"
+COMMAND = "PYTHONPATH=src nice python benchmarks/abstention.py"
+TARGETS = (0.9, 0.95, 0.99)
+ENCODER_OPTIONS = {"max_seq_length": 32, "batch_size": 128}
+
+
+def splits(frame: pd.DataFrame, taxonomy: Taxonomy, name: str) -> dict[str, LabeledData]:
+    out = {}
+    for split in ("train", "valid", "test"):
+        part = explode_multi_label(frame[frame["split"] == split].reset_index(drop=True), taxonomy)
+        texts = part["text"].str.strip().tolist()
+        out[split] = LabeledData(
+            texts, labels_of(part, taxonomy, name), ["human"] * len(texts), f"{name}/{split}"
+        )
+    return out
+
+
+def fit(
+    taxonomy: Taxonomy, encoder: DiskCachedEncoder, train: LabeledData, **params
+) -> HierarchicalClassifier:
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder=encoder, progress=True, **params)
+    start = time.perf_counter()
+    model.fit(train.texts, train.y)
+    print(f"  fitted in {time.perf_counter() - start:.0f}s", flush=True)
+    return model
+
+
+def operating_points(model: HierarchicalClassifier, data: dict[str, LabeledData]) -> list[dict]:
+    """For each target: thresholds chosen on valid, and what they give on test."""
+    rows = []
+    for target in TARGETS:
+        model.set_params(target_precision=target).calibrate(data["valid"].texts, data["valid"].y)
+        test = evaluate(model, data["test"]).metrics
+        rows.append(
+            {
+                "target_precision": target,
+                "threshold": {lv: test["thresholds"][lv] for lv in ("level1", "level2")},
+                "test_coverage": {lv: test["selective"][lv]["coverage"] for lv in ("level1", "level2")},
+                "test_precision": {
+                    lv: test["selective"][lv]["selective_accuracy"] for lv in ("level1", "level2")
+                },
+                "decisions": test["decisions"],
+            }
+        )
+    return rows
+
+
+def single_label(name: str) -> dict:
+    print(f"{name}: single-label", flush=True)
+    frame = pd.read_csv(DATA / name / "products.csv", dtype=str, keep_default_na=False)
+    taxonomy = Taxonomy.load(DATA / name / "taxonomy.json")
+    data = splits(frame, taxonomy, name)
+    model = fit(taxonomy, DiskCachedEncoder("minilm", name, **ENCODER_OPTIONS), data["train"])
+    uncalibrated = evaluate(model, data["test"]).metrics
+    points = operating_points(model, data)
+    model.set_params(target_precision=0.95).calibrate(data["valid"].texts, data["valid"].y)
+    evaluation = evaluate(model, data["test"])
+    write_report(evaluation, REPORTS / name, title=f"{name} test: per_group head on frozen MiniLM")
+    m = evaluation.metrics
+    return {
+        "dataset": name,
+        "rows": {s: len(d) for s, d in data.items()},
+        "classes": {"level1": len(taxonomy.categories), "level2": len(taxonomy)},
+        "accuracy": {"level1": m["level1"]["accuracy"], "level2": m["level2"]["accuracy"]},
+        "coverage_at_precision_test": m["coverage_at_precision"],
+        "coverage_at_precision_test_uncalibrated": uncalibrated["coverage_at_precision"],
+        "ece_before_calibration": m["ece_before_calibration"],
+        "ece_after_calibration": m["ece"],
+        "temperatures": {
+            "level1": model.calibration_.level1,
+            "level2_pooled": model.calibration_.level2,
+            "n_groups_with_own_temperature": len(model.calibration_.groups),
+        },
+        "valid_chosen_thresholds_on_test": points,
+        "timing": decision_overhead(model, data["test"]),
+    }
+
+
+def decision_overhead(model: HierarchicalClassifier, test: LabeledData) -> dict:
+    """Median ms to score the test split from embeddings: raw head vs calibrated + decisions."""
+    embeddings = model.embed(test.texts)
+
+    def head_only() -> None:
+        model.decode(*model.head_proba(embeddings))
+
+    def with_decisions() -> None:
+        from shelver.decisions import decide
+
+        s = model._scores(model.head_proba(embeddings))
+        decide(s.conf1, s.conf2, model.thresholds_)
+
+    return {
+        "n": len(test),
+        "head_ms": _median_ms(head_only),
+        "head_calibration_decisions_ms": _median_ms(with_decisions),
+    }
+
+
+def _median_ms(fn, repeats: int = 7) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+def multi_label() -> dict:
+    print("fashion gender view: multi-label", flush=True)
+    products = pd.read_csv(DATA / "fashion" / "products.csv", dtype=str, keep_default_na=False)
+    rows, taxonomy = fashion_gender_view(products)
+    data = splits(rows, taxonomy, "fashion-gender")
+    encoder = DiskCachedEncoder("minilm", "fashion", **ENCODER_OPTIONS)
+    model = fit(taxonomy, encoder, data["train"], multi_label=True)
+    out = {
+        "rows_texts": {s: int((rows["split"] == s).sum()) for s in ("train", "valid", "test")},
+        "multi_label_texts": {
+            s: int(((rows["split"] == s) & (rows["n_labels"] > 1)).sum()) for s in ("train", "valid", "test")
+        },
+        "classes": {"level1": len(taxonomy.categories), "level2": len(taxonomy)},
+    }
+    for label, target in (("per_class_f1_optimal", None), ("per_class_precision_0.95", 0.95)):
+        model.set_params(target_precision=target).calibrate(data["valid"].texts, data["valid"].y)
+        evaluation = evaluate(model, data["test"])
+        out[label] = evaluation.metrics["multi_label"]
+        if target is None:
+            write_report(evaluation, REPORTS / "fashion-gender", title="fashion gender view, multi-label")
+            out["ece_before_calibration_top1"] = evaluation.metrics["ece_before_calibration"]
+            out["ece_after_calibration_top1"] = evaluation.metrics["ece"]
+            out["coverage_at_precision_top1"] = evaluation.metrics["coverage_at_precision"]
+    # the same weights answering only their top-1 path (a single-label decision rule)
+    top1 = [{tuple(p.candidate)} for p in model.classify(list(dict.fromkeys(data["test"].texts)))]
+    truth = {}
+    for text, row in zip(data["test"].texts, data["test"].y, strict=True):
+        truth.setdefault(text, set()).add(tuple(row))
+    from shelver.metrics import multi_label_metrics
+
+    out["top1_only"] = multi_label_metrics(list(truth.values()), top1)
+    return out
+
+
+def _row(cells: list) -> str:
+    return "| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |"
+
+
+def markdown(results: dict) -> str:
+    lines = [f"`{COMMAND}`", "", "## Single-label: test split, thresholds chosen on valid", ""]
+    header = ["dataset", "L2 acc", "L2 cov@0.90", "L2 cov@0.95", "L2 cov@0.99", "L1 cov@0.95"]
+    header += ["L2 ECE before", "L2 ECE after", "L1 ECE before", "L1 ECE after"]
+    lines += [_row(header), _row(["---"] + ["---:"] * (len(header) - 1))]
+    for r in results["single_label"]:
+        cov, cov1 = r["coverage_at_precision_test"]["level2"], r["coverage_at_precision_test"]["level1"]
+        before, after = r["ece_before_calibration"], r["ece_after_calibration"]
+        lines.append(
+            _row(
+                [
+                    r["dataset"],
+                    r["accuracy"]["level2"],
+                    cov["0.9"],
+                    cov["0.95"],
+                    cov["0.99"],
+                    cov1["0.95"],
+                    f"{before['level2']:.4f}",
+                    f"{after['level2']:.4f}",
+                    f"{before['level1']:.4f}",
+                    f"{after['level1']:.4f}",
+                ]
+            )
+        )
+    lines += ["", "Thresholds chosen on valid for a target precision, applied to test:", ""]
+    header = ["dataset", "target", "L2 threshold", "L2 test coverage", "L2 test precision"]
+    header += ["L1 threshold", "L1 test coverage", "L1 test precision"]
+    lines += [_row(header), _row(["---"] + ["---:"] * (len(header) - 1))]
+    for r in results["single_label"]:
+        for p in r["valid_chosen_thresholds_on_test"]:
+            t, c, q = p["threshold"], p["test_coverage"], p["test_precision"]
+            cells = [r["dataset"], str(p["target_precision"])]
+            lines.append(
+                _row([*cells, t["level2"], c["level2"], q["level2"], t["level1"], c["level1"], q["level1"]])
+            )
+    ml = results["multi_label"]
+    lines += ["", "## Multi-label fashion view (gender x category: 108 -> 270 classes), test texts", ""]
+    header = ["decision rule", "example F1", "subset accuracy", "coverage", "mean paths answered"]
+    lines += [_row(header), _row(["---"] + ["---:"] * (len(header) - 1))]
+    for key in ("top1_only", "per_class_f1_optimal", "per_class_precision_0.95"):
+        r = ml[key]
+        lines.append(
+            _row(
+                [key, r["example_f1"], r["subset_accuracy"], r["coverage"], f"{r['mean_paths_answered']:.2f}"]
+            )
+        )
+    n_multi, n_texts = ml["multi_label_texts"]["test"], ml["rows_texts"]["test"]
+    lines += ["", f"Multi-label texts in test: {n_multi:,} of {n_texts:,}."]
+    return "\n".join(lines) + "\n"
+
+
+SECTIONS = ("fashion", "grocery", "multi_label")
+
+
+def main() -> None:
+    """Run the sections named on the command line (default: all); results of the others are
+    kept from the previous run, so sections can run one at a time on a busy machine."""
+    only = [a for a in sys.argv[1:] if a in SECTIONS] or list(SECTIONS)
+    path = RESULTS / "abstention.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results.update({"command": COMMAND + " [fashion grocery multi_label]", "encoder": "minilm (frozen)"})
+    results["head"] = "per_group"
+    sections = results.setdefault("sections", {})
+    for name in only:
+        sections[name] = multi_label() if name == "multi_label" else single_label(name)
+        sections[name]["git_commit"] = _commit()
+    results["single_label"] = [sections[n] for n in ("fashion", "grocery") if n in sections]
+    results["multi_label"] = sections.get("multi_label", {})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    if len(results["single_label"]) == 2 and results["multi_label"]:
+        text = markdown(results)
+        (RESULTS / "abstention.md").write_text(text)
+        print(text)
+
+
+def _commit() -> str:
+    import subprocess
+
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+
+
+if __name__ == "__main__":
+    main()
