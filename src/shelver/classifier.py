@@ -19,6 +19,7 @@ from shelver.data import check_labels
 from shelver.decisions import Prediction
 from shelver.encoders import CachedEncoder, Encoder, make_encoder
 from shelver.errors import ConfigError, DataError, NotFittedError
+from shelver.features import LexicalFeatures, LexicalOptions, join_features
 from shelver.heads import Head, LinearOptions, make_head
 from shelver.taxonomy import Taxonomy
 
@@ -36,6 +37,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     C, class_weight, max_iter : passed to every logistic-regression head.
     random_state : seed of every fitted component.
     progress : show progress bars while encoding and fitting.
+    lexical : also give the heads sparse TF-IDF word and character n-grams beside the embedding
+        (``shelver.features``); product names carry brands and exact words an encoder blurs.
+    lexical_options : ``LexicalOptions`` fields as a dict (vocabulary caps, n-gram ranges, weight).
     """
 
     def __init__(
@@ -49,6 +53,8 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         max_iter: int = 300,
         random_state: int = 0,
         progress: bool = False,
+        lexical: bool = False,
+        lexical_options: dict[str, Any] | None = None,
     ) -> None:
         self.taxonomy = taxonomy
         self.encoder = encoder
@@ -59,6 +65,8 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
         self.progress = progress
+        self.lexical = lexical
+        self.lexical_options = lexical_options
 
     # ---- fitting ------------------------------------------------------------------------
     def fit(self, X: Sequence[str], y: Any) -> HierarchicalClassifier:
@@ -74,8 +82,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         self.taxonomy_ = self.taxonomy
         self.encoder_ = self._build_encoder()
         embeddings = self.encoder_.encode(texts, progress=self.progress)
+        self.lexical_ = self._fit_lexical(texts)
         self.head_: Head = make_head(self.head, self.taxonomy).fit(
-            embeddings, leaves, self._options(), progress=self.progress
+            self._join(embeddings, texts), leaves, self._options(), progress=self.progress
         )
         self.train_counts_ = np.bincount(leaves, minlength=len(self.taxonomy))
         self.train_fingerprint_ = _fingerprint(texts, labels)
@@ -89,6 +98,15 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         encoder = make_encoder(self.encoder, **(self.encoder_options or {}))
         return encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder)
 
+    def _fit_lexical(self, texts: list[str]) -> LexicalFeatures | None:
+        if not self.lexical:
+            return None
+        return LexicalFeatures(LexicalOptions.from_dict(self.lexical_options)).fit(texts)
+
+    def _join(self, embeddings: np.ndarray, texts: list[str]) -> Any:
+        lexical = getattr(self, "lexical_", None)
+        return join_features(embeddings, lexical.transform(texts) if lexical is not None else None)
+
     def _options(self) -> LinearOptions:
         return LinearOptions(
             C=self.C, class_weight=self.class_weight, max_iter=self.max_iter, random_state=self.random_state
@@ -97,15 +115,21 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     # ---- predicting ---------------------------------------------------------------------
     def predict_proba(self, X: Sequence[str]) -> list[np.ndarray]:
         """``[P1 (n, n_categories), P2 (n, n_leaves)]``; ``P2`` is the joint leaf probability."""
-        return list(self.head_proba(self.embed(X)))
+        return list(self.head_proba(self.features(X)))
+
+    def features(self, X: Sequence[str]) -> Any:
+        """What the heads see: the embeddings, joined with the lexical block when ``lexical``."""
+        texts = _as_texts(X)
+        return self._join(self.embed(texts), texts)
 
     def embed(self, X: Sequence[str]) -> np.ndarray:
         self._check_fitted()
         return self.encoder_.encode(_as_texts(X), progress=self.progress)
 
-    def head_proba(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def head_proba(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Head probabilities from ``features(X)`` (plain embeddings unless ``lexical``)."""
         self._check_fitted()
-        return self.head_.proba(embeddings)
+        return self.head_.proba(features)
 
     def decode(self, P1: np.ndarray, P2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the predicted category and leaf of each row.
