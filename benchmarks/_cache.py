@@ -31,7 +31,10 @@ def cached_embeddings(dataset: str, tag: str, encoder_path: str, texts: list[str
     from shelver.encoders.sentence import SentenceEncoder
 
     start = time.perf_counter()
-    vectors = SentenceEncoder(encoder_path, max_seq_length=32, batch_size=128).encode(texts, progress=True)
+    unique = list(dict.fromkeys(texts))  # fashion repeats a third of its titles: embed each once
+    encoder = SentenceEncoder(encoder_path, max_seq_length=32, batch_size=128)
+    by_text = dict(zip(unique, encoder.encode(unique, progress=True), strict=True))
+    vectors = np.stack([by_text[t] for t in texts])
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
     print(

@@ -24,6 +24,31 @@ class EncoderConfig:
     max_seq_length: int = 32
     # large batches amortise CPU overhead; memory stays small at this sequence length
     batch_size: int = 128
+    # fine-tune the encoder on the training data first, then discard its head (shelver.finetune);
+    # off by default: on CPU it costs minutes per epoch and had not beaten frozen + lexical yet
+    finetune: bool = False
+    # "classification" (cosine softmax over subcategories) or "contrastive" (triples, MNRL)
+    objective: str = "classification"
+    # one pass over ~30k titles is 5-10 CPU minutes; early stopping usually ends it sooner
+    epochs: float = 1.0
+    # a hard cap on optimizer steps (0: none), for quick runs and tests
+    max_steps: int = 0
+    # a wall-clock budget in seconds (0: none): the best checkpoint so far is kept
+    time_budget_s: float = 0.0
+    # the usual rate for fine-tuning a small BERT; the classification head moves 20x faster
+    learning_rate: float = 5e-5
+    # 32 rows per step: in-batch negatives for the contrastive loss, steady CPU throughput
+    train_batch_size: int = 32
+    # weight of the category term (categories as log-sums of their leaves); 0 turns it off
+    category_weight: float = 0.5
+    # a sibling subcategory's text as each triple's negative: the confusions per-group heads face
+    hard_negatives: bool = True
+    # evaluate on valid, checkpoint and log every this many steps
+    eval_steps: int = 200
+    # stop after this many evaluations without a better valid loss
+    patience: int = 3
+    # valid rows used for the loss: enough for a stable estimate, cheap on CPU
+    max_eval_rows: int = 1000
 
 
 @dataclass(frozen=True)
