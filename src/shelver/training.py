@@ -1,14 +1,19 @@
 """From a resolved ``TrainConfig`` to a fitted ``HierarchicalClassifier``.
 
-Later stages (fine-tuning the encoder, calibration) plug in here, so ``shelver train`` and the
-Python API build models the same way.
+Stages plug in here, so ``shelver train`` and the Python API build models the same way:
+fine-tune the encoder (``encoder.finetune``; its head is discarded), then fit the heads on the
+new embeddings, joined with lexical features when ``lexical.enabled``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 from shelver.classifier import HierarchicalClassifier
 from shelver.config import TrainConfig
 from shelver.data import LabeledData
+from shelver.errors import ConfigError
 from shelver.taxonomy import Taxonomy
 
 
@@ -29,10 +34,49 @@ def build_model(config: TrainConfig, taxonomy: Taxonomy, progress: bool = True) 
         max_iter=config.head.max_iter,
         random_state=config.seed,
         progress=progress,
+        lexical=config.lexical.enabled,
+        lexical_options=config.lexical.options() if config.lexical.enabled else None,
     )
 
 
 def train_model(
-    config: TrainConfig, taxonomy: Taxonomy, data: LabeledData, progress: bool = True
+    config: TrainConfig,
+    taxonomy: Taxonomy,
+    data: LabeledData,
+    progress: bool = True,
+    valid: LabeledData | None = None,
+    workdir: str | Path | None = None,
 ) -> HierarchicalClassifier:
+    """Fine-tune the encoder first when the configuration asks for it, then fit the heads.
+
+    The fine-tuned encoder is written to ``workdir/encoder`` (checkpoints beside it, so an
+    interrupted run resumes); the model directory copies it when the model is saved.
+    """
+    if config.encoder.finetune:
+        config = _with_finetuned_encoder(config, taxonomy, data, valid, workdir, progress)
     return build_model(config, taxonomy, progress).fit(data.texts, data.y)
+
+
+def _with_finetuned_encoder(
+    config: TrainConfig,
+    taxonomy: Taxonomy,
+    data: LabeledData,
+    valid: LabeledData | None,
+    workdir: str | Path | None,
+    progress: bool,
+) -> TrainConfig:
+    from shelver.finetune import finetune_encoder
+
+    if workdir is None:
+        raise ConfigError("encoder.finetune=true needs a work directory for the encoder: pass workdir=...")
+    result = finetune_encoder(
+        config.encoder,
+        taxonomy,
+        data,
+        Path(workdir) / "encoder",
+        valid=valid,
+        seed=config.seed,
+        progress=progress,
+    )
+    encoder = dataclasses.replace(config.encoder, name=str(result.encoder_dir), finetune=False)
+    return dataclasses.replace(config, encoder=encoder)
