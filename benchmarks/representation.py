@@ -302,21 +302,37 @@ def measure(run: Callable, splits, counts: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def evaluate_stage(dataset: str, results: dict[str, Any], only: str | None) -> None:
+def evaluate_stage(dataset: str, results: dict[str, Any], only: str | None, skip: str = "") -> None:
     taxonomy, products, splits = load(dataset)
     counts = train_counts(splits["train"])
     done = results["datasets"].setdefault(dataset, {})
     rows = shelver_rows(dataset, taxonomy, products, splits) + peer_rows(dataset, taxonomy, products, splits)
     for name, run in rows:
-        if name in done or (only and only not in name):
+        if name in done or (only and only not in name) or any(k and k in name for k in skip.split(",")):
             continue
         print(f"{dataset}: {name} ...", file=sys.stderr, flush=True)
         done[name] = measure(run, splits, counts)
+        with open(CACHE / "rows.jsonl", "a") as log:  # append-only: parallel runs never lose a row
+            log.write(json.dumps({"dataset": dataset, "name": name, "row": done[name]}) + "\n")
         write(results)
         print(f"  {done[name]}", file=sys.stderr, flush=True)
 
 
+def read_results() -> dict[str, Any]:
+    """The JSON so far, plus every row logged by runs that finished after it was written."""
+    path = RESULTS / f"{NAME}.json"
+    results = json.loads(path.read_text()) if path.is_file() else {"datasets": {}}
+    log = CACHE / "rows.jsonl"
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        entry = json.loads(line)
+        results["datasets"].setdefault(entry["dataset"], {}).setdefault(entry["name"], entry["row"])
+    return results
+
+
 def write(results: dict[str, Any]) -> None:
+    for dataset, rows in read_results()["datasets"].items():  # keep rows other runs wrote meanwhile
+        for name, row in rows.items():
+            results["datasets"].setdefault(dataset, {}).setdefault(name, row)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{NAME}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"{NAME}.md").write_text(markdown(results))
@@ -356,15 +372,14 @@ def main(argv: list[str]) -> None:
             for dataset in datasets:
                 finetune_stage(dataset, objective)
         return
-    path = RESULTS / f"{NAME}.json"
-    results = json.loads(path.read_text()) if path.is_file() else {"datasets": {}}
+    results = read_results()
     results["command"] = "nice python benchmarks/representation.py finetune fashion grocery && " + (
         "nice python benchmarks/representation.py evaluate fashion grocery"
     )
     results["note"] = NOTE
     results["finetune_budget_s"] = FINETUNE_BUDGET_S
     for dataset in datasets:
-        evaluate_stage(dataset, results, only)
+        evaluate_stage(dataset, results, only, os.environ.get("SHELVER_BENCH_SKIP", ""))
     write(results)
     print(markdown(results))
 
