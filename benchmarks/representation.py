@@ -133,16 +133,39 @@ def shelver_rows(dataset: str, taxonomy: Taxonomy, products, splits) -> list[tup
         for head in ("flat", "per_group"):
             name = f"{tag} + lexical / {head}"
             rows.append((name, _shelver_run(taxonomy, splits, encoder, path, head, True)))
+        tuned = tuned_setting(dataset)
+        if tuned is not None:
+            name = f"{tag} + lexical / {tuned['head']} (valid-tuned: {describe_setting(tuned)})"
+            rows.append((name, _shelver_run(taxonomy, splits, encoder, path, tuned["head"], True, tuned)))
         if tag == "ft-classification" and (CACHE / dataset / "e2e-head.safetensors").is_file():
             rows.append(("end-to-end (fine-tuned head)", _e2e_run(dataset, taxonomy, splits, encoder, path)))
     return rows
 
 
-def _shelver_run(taxonomy, splits, encoder, path: str, head: str, lexical: bool) -> Callable:
+def tuned_setting(dataset: str) -> dict | None:
+    """The best lexical setting on valid (by L2 macro-F1), from representation_valid.py."""
+    path = RESULTS / "representation_valid.json"
+    rows = json.loads(path.read_text()).get(dataset) if path.is_file() else None
+    return max(rows, key=lambda r: r["valid"]["level2"]["macro_f1"])["setting"] if rows else None
+
+
+def describe_setting(setting: dict) -> str:
+    return f"C={setting['C']:g}, class_weight={setting['class_weight']}, lexical weight={setting['weight']:g}"
+
+
+def _shelver_run(
+    taxonomy, splits, encoder, path: str, head: str, lexical: bool, tuned: dict | None = None
+) -> Callable:
     def run():
         from shelver import HierarchicalClassifier
 
-        model = HierarchicalClassifier(taxonomy=taxonomy, encoder=encoder, head=head, lexical=lexical)
+        extra = {}
+        if tuned is not None:
+            extra = {"C": tuned["C"], "class_weight": tuned["class_weight"]}
+            extra["lexical_options"] = {"weight": tuned["weight"]}
+        model = HierarchicalClassifier(
+            taxonomy=taxonomy, encoder=encoder, head=head, lexical=lexical, **extra
+        )
         start = time.perf_counter()
         model.fit(splits["train"].texts, splits["train"].y)
         fit_s = time.perf_counter() - start + finetune_seconds(path)

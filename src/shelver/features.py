@@ -32,8 +32,9 @@ class LexicalOptions:
     word_ngrams: tuple[int, int] = (1, 2)
     # char 2-5 grams inside word boundaries: plurals, typos and compounds of short titles
     char_ngrams: tuple[int, int] = (2, 5)
-    # vocabulary caps keep every head's weights serveable (n_classes x n_features floats):
-    # 20k + 30k features lose under half a point of accuracy against uncapped on grocery valid
+    # vocabulary caps keep every head's weights serveable (n_classes x n_features float32):
+    # a flat head over 138 subcategories is 138 x 50k x 4 B = 28 MB. Fashion train has 13.5k word /
+    # 30.4k char n-grams seen twice, grocery 21.5k / 39.6k: the caps bound larger catalogues
     max_word_features: int = 20_000
     max_char_features: int = 30_000
     # an n-gram seen in one training row is noise more often than signal
