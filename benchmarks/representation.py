@@ -123,11 +123,13 @@ def finetune_seconds(path: str) -> float:
 
 
 def shelver_rows(dataset: str, taxonomy: Taxonomy, products, splits) -> list[tuple[str, Callable]]:
-    """(name, run) for each shelver configuration; run() -> (predicted test labels, fit s, predict fn)."""
+    """(name, run) for each shelver configuration; run() -> (predicted test labels, fit s, predict fn).
+
+    Embeddings are computed (or read from the cache) only when a row that needs them runs.
+    """
     rows = []
     for tag, path in encoders_of(dataset).items():
-        vectors = cached_embeddings(dataset, tag, path, products["text"])
-        encoder = prefilled_encoder(path, products["text"], vectors)
+        encoder = _lazy_encoder(dataset, tag, path, products["text"])
         for head in ("flat", "masked", "per_group"):
             rows.append((f"{tag} / {head}", _shelver_run(taxonomy, splits, encoder, path, head, False)))
         for head in ("flat", "per_group"):
@@ -138,8 +140,20 @@ def shelver_rows(dataset: str, taxonomy: Taxonomy, products, splits) -> list[tup
             name = f"{tag} + lexical / {tuned['head']} (valid-tuned: {describe_setting(tuned)})"
             rows.append((name, _shelver_run(taxonomy, splits, encoder, path, tuned["head"], True, tuned)))
         if tag == "ft-classification" and (CACHE / dataset / "e2e-head.safetensors").is_file():
-            rows.append(("end-to-end (fine-tuned head)", _e2e_run(dataset, taxonomy, splits, encoder, path)))
+            name = "ft-classification end-to-end (its own head, flat)"
+            rows.append((name, _e2e_run(dataset, taxonomy, splits, encoder, path)))
     return rows
+
+
+def _lazy_encoder(dataset: str, tag: str, path: str, texts: list[str]) -> Callable:
+    built: list = []
+
+    def encoder():
+        if not built:
+            built.append(prefilled_encoder(path, texts, cached_embeddings(dataset, tag, path, texts)))
+        return built[0]
+
+    return encoder
 
 
 def tuned_setting(dataset: str) -> dict | None:
@@ -164,7 +178,7 @@ def _shelver_run(
             extra = {"C": tuned["C"], "class_weight": tuned["class_weight"]}
             extra["lexical_options"] = {"weight": tuned["weight"]}
         model = HierarchicalClassifier(
-            taxonomy=taxonomy, encoder=encoder, head=head, lexical=lexical, **extra
+            taxonomy=taxonomy, encoder=encoder(), head=head, lexical=lexical, **extra
         )
         start = time.perf_counter()
         model.fit(splits["train"].texts, splits["train"].y)
@@ -181,8 +195,8 @@ def _e2e_run(dataset: str, taxonomy, splits, encoder, path: str) -> Callable:
         from shelver import HierarchicalClassifier
         from shelver.heads import FlatHead, LinearSoftmax
 
-        model = HierarchicalClassifier(taxonomy=taxonomy, encoder=encoder, head="flat")
-        model.taxonomy_, model.encoder_, model.lexical_ = taxonomy, encoder, None
+        model = HierarchicalClassifier(taxonomy=taxonomy, encoder=encoder(), head="flat")
+        model.taxonomy_, model.encoder_, model.lexical_ = taxonomy, encoder(), None
         model.head_ = FlatHead(taxonomy)
         model.head_.leaf_model = LinearSoftmax.from_arrays(
             load_file(str(CACHE / dataset / "e2e-head.safetensors")), "e2e"
