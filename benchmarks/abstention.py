@@ -113,7 +113,7 @@ def single_label(name: str) -> dict:
 
 def decision_overhead(model: HierarchicalClassifier, test: LabeledData) -> dict:
     """Median ms to score the test split from embeddings: raw head vs calibrated + decisions."""
-    embeddings = model.embed(test.texts)
+    embeddings = model.features(test.texts)
 
     def head_only() -> None:
         model.decode(*model.head_proba(embeddings))

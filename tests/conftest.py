@@ -74,3 +74,28 @@ def tiny_files(
 def tiny_xy(tiny_frames: dict[str, pd.DataFrame]) -> tuple[list[str], np.ndarray]:
     frame = tiny_frames["train"]
     return frame["text"].tolist(), frame[["category", "subcategory"]].to_numpy().astype(str)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-d BERT with MiniLM's tokenizer, randomly initialised: a real
+    sentence-transformers directory in about a second, and nothing downloaded."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from shelver.encoders import resolve_model_path
+
+    root = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    transformer = models.Transformer(str(root / "bert"), max_seq_length=32)
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
+    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(str(root / "st"))
+    return root / "st"

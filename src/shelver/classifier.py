@@ -29,6 +29,7 @@ from shelver.decisions import (
 )
 from shelver.encoders import CachedEncoder, Encoder, make_encoder
 from shelver.errors import ConfigError, DataError, NotFittedError
+from shelver.features import LexicalFeatures, LexicalOptions, join_features
 from shelver.heads import Head, LinearOptions, make_head
 from shelver.taxonomy import Taxonomy
 
@@ -53,6 +54,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         to ``calibrate`` so that each level reaches this precision (per class if multi-label).
     multi_label : identical texts with different labels are one text with several paths;
         predictions are every path above its class threshold.
+    lexical : also give the heads sparse TF-IDF word and character n-grams beside the embedding
+        (``shelver.features``); product names carry brands and exact words an encoder blurs.
+    lexical_options : ``LexicalOptions`` fields as a dict (vocabulary caps, n-gram ranges, weight).
     """
 
     def __init__(
@@ -69,6 +73,8 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         thresholds: tuple[float, float] | None = None,
         target_precision: float | None = None,
         multi_label: bool = False,
+        lexical: bool = False,
+        lexical_options: dict[str, Any] | None = None,
     ) -> None:
         self.taxonomy = taxonomy
         self.encoder = encoder
@@ -82,6 +88,8 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         self.thresholds = thresholds
         self.target_precision = target_precision
         self.multi_label = multi_label
+        self.lexical = lexical
+        self.lexical_options = lexical_options
 
     # ---- fitting ------------------------------------------------------------------------
     def fit(self, X: Sequence[str], y: Any) -> HierarchicalClassifier:
@@ -100,8 +108,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         self.taxonomy_ = self.taxonomy
         self.encoder_ = self._build_encoder()
         embeddings = self.encoder_.encode(texts, progress=self.progress)
+        self.lexical_ = self._fit_lexical(texts)
         self.head_: Head = make_head(self.head, self.taxonomy).fit(
-            embeddings, leaves, self._options(), progress=self.progress
+            self._join(embeddings, texts), leaves, self._options(), progress=self.progress
         )
         self.train_counts_ = np.bincount(leaves, minlength=len(self.taxonomy))
         self.train_fingerprint_ = _fingerprint(texts, labels)
@@ -116,6 +125,15 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         encoder = make_encoder(self.encoder, **(self.encoder_options or {}))
         return encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder)
 
+    def _fit_lexical(self, texts: list[str]) -> LexicalFeatures | None:
+        if not self.lexical:
+            return None
+        return LexicalFeatures(LexicalOptions.from_dict(self.lexical_options)).fit(texts)
+
+    def _join(self, embeddings: np.ndarray, texts: list[str]) -> Any:
+        lexical = getattr(self, "lexical_", None)
+        return join_features(embeddings, lexical.transform(texts) if lexical is not None else None)
+
     def _options(self) -> LinearOptions:
         return LinearOptions(
             C=self.C, class_weight=self.class_weight, max_iter=self.max_iter, random_state=self.random_state
@@ -125,16 +143,21 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Sequence[str]) -> list[np.ndarray]:
         """Calibrated ``[P1 (n, n_categories), P2 (n, n_leaves)]``; ``P2`` is the joint leaf
         probability. Before ``calibrate`` the calibration is the identity."""
-        return list(self.calibrate_proba(*self.head_proba(self.embed(X))))
+        return list(self.calibrate_proba(*self.head_proba(self.features(X))))
+
+    def features(self, X: Sequence[str]) -> Any:
+        """What the heads see: the embeddings, joined with the lexical block when ``lexical``."""
+        texts = _as_texts(X)
+        return self._join(self.embed(texts), texts)
 
     def embed(self, X: Sequence[str]) -> np.ndarray:
         self._check_fitted()
         return self.encoder_.encode(_as_texts(X), progress=self.progress)
 
-    def head_proba(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The head's raw (uncalibrated) probabilities."""
+    def head_proba(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Raw (uncalibrated) head probabilities from ``features(X)`` (embeddings unless ``lexical``)."""
         self._check_fitted()
-        return self.head_.proba(embeddings)
+        return self.head_.proba(features)
 
     def calibrate_proba(self, P1: np.ndarray, P2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.calibration_.apply(P1, P2, np.asarray(self.taxonomy_.leaf_category))
@@ -155,7 +178,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     def scores(self, X: Sequence[str]) -> Scores:
         """Raw and calibrated probabilities, the arg-max path and its calibrated confidences."""
-        raw = self.head_proba(self.embed(X))
+        raw = self.head_proba(self.features(X))
         return self._scores(raw)
 
     def _scores(self, raw: tuple[np.ndarray, np.ndarray]) -> Scores:
@@ -220,7 +243,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         if self.multi_label_:
             texts, labels = merge_multi_label(texts, labels)
         leaves = np.array([self.taxonomy_.leaf_index[tuple(row)] for row in labels])
-        raw = self.head_proba(self.embed(texts))
+        raw = self.head_proba(self.features(texts))
         leaf_category = np.asarray(self.taxonomy_.leaf_category)
         self.calibration_ = Calibration.fit(*raw, leaves, leaf_category, self.head_.leaf_first)
         self.thresholds_ = choose_thresholds(

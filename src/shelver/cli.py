@@ -84,7 +84,7 @@ def train(
     valid = read_labeled(valid_path, taxonomy) if valid_path else None
     out.mkdir(parents=True, exist_ok=True)
     config.write(out / "train_config.json")  # written before anything runs
-    model = train_model(config, taxonomy, data, progress=not quiet, valid=valid)
+    model = train_model(config, taxonomy, data, progress=not quiet, valid=valid, workdir=out)
     model.save(out)
     click.echo(f"saved model to {out} ({len(data):,} training rows, head={config.head.kind})", err=True)
     if valid is not None:
@@ -189,6 +189,57 @@ def _parse_thresholds(text: str | None) -> tuple[float, float] | None:
     except ValueError:
         raise click.BadParameter(f"expected LEVEL1,LEVEL2 such as 0.5,0.7, got {text!r}") from None
     return level1, level2
+
+
+# ---- issue 3: representation learning ---------------------------------------------------------
+@main.command()
+@click.option(
+    "--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt)."
+)
+@click.option("--train", "train_path", required=True, type=existing_file, help="Labeled training data.")
+@click.option("--valid", "valid_path", type=existing_file, help="Labeled data for early stopping.")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Directory for the fine-tuned encoder."
+)
+@click.option("--config", "config_path", type=existing_file, help="TOML configuration ([encoder] keys).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@click.option(
+    "--end-to-end",
+    "e2e_out",
+    type=click.Path(path_type=Path),
+    help="Also save the end-to-end baseline (the encoder predicting with its own head) as a model here.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def finetune(
+    taxonomy_path: Path,
+    train_path: Path,
+    valid_path: Path | None,
+    out: Path,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    e2e_out: Path | None,
+    quiet: bool,
+) -> None:
+    """Fine-tune the encoder on labeled data and save it (without its head) to --out."""
+    from shelver.config import load_config
+    from shelver.data import read_labeled
+    from shelver.errors import ConfigError
+    from shelver.finetune import end_to_end_model, finetune_encoder
+    from shelver.taxonomy import Taxonomy
+
+    config = load_config(config_path, overrides)
+    if e2e_out is not None and config.encoder.objective != "classification":
+        raise ConfigError("--end-to-end needs encoder.objective=classification: only it trains a head")
+    taxonomy = Taxonomy.load(taxonomy_path)
+    data = read_labeled(train_path, taxonomy)
+    valid = read_labeled(valid_path, taxonomy) if valid_path else None
+    result = finetune_encoder(
+        config.encoder, taxonomy, data, out, valid=valid, seed=config.seed, progress=not quiet
+    )
+    click.echo(f"saved {config.encoder.objective} encoder to {out} ({result.steps} steps)", err=True)
+    if e2e_out is not None:
+        end_to_end_model(result, taxonomy, data, config.encoder).save(e2e_out)
+        click.echo(f"saved end-to-end model to {e2e_out}", err=True)
 
 
 if __name__ == "__main__":

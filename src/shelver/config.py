@@ -24,6 +24,31 @@ class EncoderConfig:
     max_seq_length: int = 32
     # large batches amortise CPU overhead; memory stays small at this sequence length
     batch_size: int = 128
+    # fine-tune the encoder on the training data first, then discard its head (shelver.finetune);
+    # off by default: on CPU it costs minutes per epoch and had not beaten frozen + lexical yet
+    finetune: bool = False
+    # "classification" (cosine softmax over subcategories) or "contrastive" (triples, MNRL)
+    objective: str = "classification"
+    # one pass over ~30k titles is 5-10 CPU minutes; early stopping usually ends it sooner
+    epochs: float = 1.0
+    # a hard cap on optimizer steps (0: none), for quick runs and tests
+    max_steps: int = 0
+    # a wall-clock budget in seconds (0: none): the best checkpoint so far is kept
+    time_budget_s: float = 0.0
+    # the usual rate for fine-tuning a small BERT; the classification head moves 20x faster
+    learning_rate: float = 5e-5
+    # 32 rows per step: in-batch negatives for the contrastive loss, steady CPU throughput
+    train_batch_size: int = 32
+    # weight of the category term (categories as log-sums of their leaves); 0 turns it off
+    category_weight: float = 0.5
+    # a sibling subcategory's text as each triple's negative: the confusions per-group heads face
+    hard_negatives: bool = True
+    # evaluate on valid, checkpoint and log every this many steps
+    eval_steps: int = 200
+    # stop after this many evaluations without a better valid loss
+    patience: int = 3
+    # valid rows used for the loss: enough for a stable estimate, cheap on CPU
+    max_eval_rows: int = 1000
 
 
 @dataclass(frozen=True)
@@ -47,10 +72,31 @@ class DecisionConfig:
 
 
 @dataclass(frozen=True)
+class LexicalConfig:
+    # TF-IDF n-grams beside the embedding (shelver.features); off keeps the embedding-only model
+    enabled: bool = False
+    # caps keep the heads' weights serveable (classes x features float32): a flat head over 138
+    # subcategories is 138 x 50k x 4 B = 28 MB. With min_df=2 fashion has 13.5k word / 30.4k char
+    # n-grams and grocery 21.5k / 39.6k: the caps bind only a little here and bound larger catalogues
+    max_word_features: int = 20_000
+    max_char_features: int = 30_000
+    # an n-gram seen in one training row is noise more often than signal
+    min_df: int = 2
+    # the lexical block's scale against the unit-length embedding
+    weight: float = 1.0
+
+    def options(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values.pop("enabled")
+        return values
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
+    lexical: LexicalConfig = field(default_factory=LexicalConfig)
     # one seed for every fitted component: two runs on the same data give the same model
     seed: int = 0
 
@@ -136,4 +182,9 @@ def _coerce(value: Any, spec: dataclasses.Field, key: str) -> Any:
     return value
 
 
-_DATACLASSES = {"EncoderConfig": EncoderConfig, "HeadConfig": HeadConfig, "DecisionConfig": DecisionConfig}
+_DATACLASSES = {
+    "EncoderConfig": EncoderConfig,
+    "HeadConfig": HeadConfig,
+    "DecisionConfig": DecisionConfig,
+    "LexicalConfig": LexicalConfig,
+}

@@ -7,6 +7,8 @@ MODEL_DIR/
   taxonomy.json      the tree the model was trained on
   heads.safetensors  every head's weights
   calibration.json   temperatures and decision thresholds (fitted on the validation split)
+  lexical.json       the TF-IDF vocabularies and options, when the model uses lexical features
+  lexical.safetensors  their idf weights
   encoder/           a copy of a local (fine-tuned) encoder, when the encoder is not built in
 ```
 Loading re-hashes every file and refuses a model whose files changed, or whose taxonomy is
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 HASHED_FILES = ("config.json", "taxonomy.json", "heads.safetensors", "calibration.json")
+LEXICAL_FILES = ("lexical.json", "lexical.safetensors")
 
 
 def save_model(model: HierarchicalClassifier, path: str | Path) -> Path:
@@ -47,7 +50,8 @@ def save_model(model: HierarchicalClassifier, path: str | Path) -> Path:
     save_file(arrays, str(out / "heads.safetensors"))
     _write_json(out / "config.json", {"params": _params(model), "encoder": _encoder_entry(model, out)})
     _write_json(out / "calibration.json", _calibration_entry(model))
-    _write_json(out / "manifest.json", _manifest(model, out))
+    extra = _save_lexical(model, out)
+    _write_json(out / "manifest.json", _manifest(model, out, extra))
     return out
 
 
@@ -80,7 +84,15 @@ def _encoder_entry(model: HierarchicalClassifier, out: Path) -> dict[str, Any]:
     return entry
 
 
-def _manifest(model: HierarchicalClassifier, out: Path) -> dict[str, Any]:
+def _save_lexical(model: HierarchicalClassifier, out: Path) -> tuple[str, ...]:
+    """Lexical features, when the model has them; stale files of an earlier model are removed."""
+    lexical = getattr(model, "lexical_", None)
+    for name in LEXICAL_FILES:
+        (out / name).unlink(missing_ok=True)
+    return tuple(lexical.save(out)) if lexical is not None else ()
+
+
+def _manifest(model: HierarchicalClassifier, out: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     from shelver import __version__
 
     counts = {format_path(p): int(n) for p, n in zip(model.taxonomy_.paths, model.train_counts_, strict=True)}
@@ -94,7 +106,7 @@ def _manifest(model: HierarchicalClassifier, out: Path) -> dict[str, Any]:
             "fingerprint": model.train_fingerprint_,
             "counts": counts,
         },
-        "files": {name: _sha256(out / name) for name in HASHED_FILES if (out / name).is_file()},
+        "files": {name: _sha256(out / name) for name in (*HASHED_FILES, *extra) if (out / name).is_file()},
     }
 
 
@@ -117,7 +129,20 @@ def load_model(path: str | Path, taxonomy: Taxonomy | None = None) -> Hierarchic
     _restore(
         model, manifest, head_cls.from_arrays(trained_on, load_file(str(root / "heads.safetensors"))), root
     )
+    model.lexical_ = _load_lexical(root, params)
     return model
+
+
+def _load_lexical(root: Path, params: dict[str, Any]):
+    if not params.get("lexical"):
+        return None
+    from shelver.features import LexicalFeatures
+
+    if not all((root / name).is_file() for name in LEXICAL_FILES):
+        raise ModelDirError(
+            f"{root} is incomplete: the model uses lexical features but lexical.json is missing"
+        )
+    return LexicalFeatures.load(root)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

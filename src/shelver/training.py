@@ -1,10 +1,14 @@
 """From a resolved ``TrainConfig`` to a fitted ``HierarchicalClassifier``.
 
-Later stages (fine-tuning the encoder, calibration) plug in here, so ``shelver train`` and the
-Python API build models the same way.
+Stages plug in here, so ``shelver train`` and the Python API build models the same way:
+fine-tune the encoder (``encoder.finetune``; its head is discarded), then fit the heads on the
+new embeddings, joined with lexical features when ``lexical.enabled``.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 from shelver.classifier import HierarchicalClassifier
 from shelver.config import TrainConfig
@@ -32,6 +36,8 @@ def build_model(config: TrainConfig, taxonomy: Taxonomy, progress: bool = True) 
         progress=progress,
         target_precision=config.decision.target_precision,
         multi_label=config.decision.multi_label,
+        lexical=config.lexical.enabled,
+        lexical_options=config.lexical.options() if config.lexical.enabled else None,
     )
 
 
@@ -41,13 +47,45 @@ def train_model(
     data: LabeledData,
     progress: bool = True,
     valid: LabeledData | None = None,
+    workdir: str | Path | None = None,
 ) -> HierarchicalClassifier:
-    """Fit on ``data``; with ``valid``, calibrate on it (temperatures, and thresholds when a
-    target precision is set)."""
+    """Fine-tune the encoder first when the configuration asks for it, fit the heads, then
+    with ``valid`` calibrate on it (temperatures, and thresholds when a target precision is set).
+
+    The fine-tuned encoder is written to ``workdir/encoder`` (checkpoints beside it, so an
+    interrupted run resumes); the model directory copies it when the model is saved.
+    """
     if config.decision.target_precision is not None and valid is None:
         raise ConfigError(
             "a target precision needs validation data to choose thresholds on "
             "(never the training data): pass --valid FILE"
         )
+    if config.encoder.finetune:
+        config = _with_finetuned_encoder(config, taxonomy, data, valid, workdir, progress)
     model = build_model(config, taxonomy, progress).fit(data.texts, data.y)
     return model.calibrate(valid.texts, valid.y) if valid is not None else model
+
+
+def _with_finetuned_encoder(
+    config: TrainConfig,
+    taxonomy: Taxonomy,
+    data: LabeledData,
+    valid: LabeledData | None,
+    workdir: str | Path | None,
+    progress: bool,
+) -> TrainConfig:
+    from shelver.finetune import finetune_encoder
+
+    if workdir is None:
+        raise ConfigError("encoder.finetune=true needs a work directory for the encoder: pass workdir=...")
+    result = finetune_encoder(
+        config.encoder,
+        taxonomy,
+        data,
+        Path(workdir) / "encoder",
+        valid=valid,
+        seed=config.seed,
+        progress=progress,
+    )
+    encoder = dataclasses.replace(config.encoder, name=str(result.encoder_dir), finetune=False)
+    return dataclasses.replace(config, encoder=encoder)
