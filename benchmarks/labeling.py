@@ -189,7 +189,7 @@ if __name__ == "__main__":
     parser.add_argument("--llm-rows", type=int, default=300)
     parser.add_argument("--plain-rows", type=int, default=40)
     parser.add_argument("--shortlist", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     ARGS = parser.parse_args()
     main()

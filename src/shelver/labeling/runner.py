@@ -13,7 +13,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -130,15 +130,13 @@ class Labeler:
     def _execute(self, store: LabelStore, pending: list[str], summary: RunSummary, bar: Any) -> None:
         outstanding: dict[str, int] = {}
         window = max(1, self.config.concurrency) * 4
+        in_flight: dict[Future, tuple[str, _Voter, int, tuple[Path_, ...]]] = {}
         with ThreadPoolExecutor(max_workers=max(1, self.config.concurrency)) as pool:
-            in_flight: dict[Future, tuple[str, _Voter, int, tuple[Path_, ...]]] = {}
-            tasks = self._tasks(store, pending, outstanding)
-            for task in tasks:
+            for task in self._tasks(store, pending, outstanding):
                 in_flight[pool.submit(self._call, *task)] = task
                 if len(in_flight) >= window:
                     self._collect(store, in_flight, outstanding, summary, bar, FIRST_COMPLETED)
-            while in_flight:
-                self._collect(store, in_flight, outstanding, summary, bar, FIRST_COMPLETED)
+            self._collect(store, in_flight, outstanding, summary, bar, ALL_COMPLETED)
 
     def _tasks(self, store: LabelStore, pending: list[str], outstanding: dict[str, int]) -> Iterator[tuple]:
         """``(query, voter, sample, shortlist)`` for every missing call, shortlists built in batches."""
@@ -154,19 +152,45 @@ class Labeler:
 
     def _collect(self, store: LabelStore, in_flight: dict, outstanding: dict[str, int], summary: RunSummary,
                  bar: Any, when: str) -> None:
+        """Store finished calls. A fatal backend error stops the run, but only after every call
+        already in flight has come back and been stored: paid work is never thrown away."""
         finished, _ = wait(list(in_flight), return_when=when)
+        fatal = None
         for future in finished:
-            query, voter, sample, shortlist = in_flight.pop(future)
-            reply, error, attempts, seconds = future.result()
-            verdict = self._verdict(reply, error, shortlist)
-            store.record_call(self._row(query, voter, sample, reply, verdict, attempts, seconds))
-            summary.add(verdict, reply, attempts, (self.config.price_prompt, self.config.price_completion))
-            outstanding[query] -= 1
-            if outstanding[query] == 0:
-                del outstanding[query]
-                self._decide(store, query)
+            task = in_flight.pop(future)
+            try:
+                reply, error, attempts, seconds = future.result()
+            except BackendError as err:
+                fatal = fatal or err
+                continue
+            self._store(store, task, reply, error, attempts, seconds, outstanding, summary)
             bar.update(1)
             bar.set_postfix(_postfix(summary), refresh=False)
+        if fatal is not None:
+            if in_flight:
+                self._drain(store, in_flight, outstanding, summary, bar)
+            raise fatal
+
+    def _drain(self, store: LabelStore, in_flight: dict, outstanding: dict[str, int], summary: RunSummary,
+               bar: Any) -> None:
+        for future in list(in_flight):
+            future.cancel()  # not started yet: nothing paid, nothing to keep
+        try:
+            self._collect(store, {f: t for f, t in in_flight.items() if not f.cancelled()}, outstanding, summary,
+                          bar, ALL_COMPLETED)
+        except BackendError:
+            pass  # the first fatal error is the one reported
+
+    def _store(self, store: LabelStore, task: tuple, reply: Reply | None, error: str | None, attempts: int,
+               seconds: float, outstanding: dict[str, int], summary: RunSummary) -> None:
+        query, voter, sample, shortlist = task
+        verdict = self._verdict(reply, error, shortlist)
+        store.record_call(self._row(query, voter, sample, reply, verdict, attempts, seconds))
+        summary.add(verdict, reply, attempts, (self.config.price_prompt, self.config.price_completion))
+        outstanding[query] -= 1
+        if outstanding[query] == 0:
+            del outstanding[query]
+            self._decide(store, query)
 
     def _decide(self, store: LabelStore, query: str) -> None:
         votes = store.votes(query, self.plan)
