@@ -48,8 +48,9 @@ def sample(dataset: str, rows: int, seed: int) -> tuple[Taxonomy, dict[str, str]
     return taxonomy, truth
 
 
-def run(taxonomy: Taxonomy, queries: list[str], voters: tuple[VoterSpec, ...], index: PathIndex,
-        store_path: Path) -> float:
+def run(
+    taxonomy: Taxonomy, queries: list[str], voters: tuple[VoterSpec, ...], index: PathIndex, store_path: Path
+) -> float:
     """Label ``queries`` into a fresh store; returns wall seconds."""
     config = LabelConfig(voters=voters, shortlist=ARGS.shortlist, concurrency=1, encoder="minilm")
     labeler = Labeler(taxonomy, config, index=index)
@@ -85,7 +86,10 @@ def score(paths: dict[str, str | None], truth: dict[str, str]) -> dict[str, floa
 
 
 def from_calls(frame: pd.DataFrame) -> dict[str, str | None]:
-    return {q: (p if s in ("ok", "repaired") else None) for q, s, p in zip(frame["query"], frame["status"], frame["path"], strict=True)}
+    return {
+        q: (p if s in ("ok", "repaired") else None)
+        for q, s, p in zip(frame["query"], frame["status"], frame["path"], strict=True)
+    }
 
 
 def output_shares(frame: pd.DataFrame) -> dict[str, float]:
@@ -100,15 +104,21 @@ def output_shares(frame: pd.DataFrame) -> dict[str, float]:
 
 def shortlist_recall(index: PathIndex, truth: dict[str, str]) -> float:
     lists = index.shortlist(list(truth), ARGS.shortlist)
-    return float(np.mean([truth[q] in {format_path(p) for p in s} for q, s in zip(truth, lists, strict=True)]))
+    return float(
+        np.mean([truth[q] in {format_path(p) for p in s} for q, s in zip(truth, lists, strict=True)])
+    )
 
 
 def dataset_results(dataset: str, workdir: Path) -> dict:
     taxonomy, truth = sample(dataset, ARGS.rows, ARGS.seed)
     index = PathIndex(taxonomy, "minilm")
     queries = list(truth)
-    out: dict = {"dataset": dataset, "rows": len(truth), "shortlist": ARGS.shortlist,
-                 "shortlist_recall": shortlist_recall(index, truth)}
+    out: dict = {
+        "dataset": dataset,
+        "rows": len(truth),
+        "shortlist": ARGS.shortlist,
+        "shortlist_recall": shortlist_recall(index, truth),
+    }
     seconds = run(taxonomy, queries, (VoterSpec("embedding"),), index, workdir / f"{dataset}-emb.db")
     emb = calls(workdir / f"{dataset}-emb.db", "embedding")
     out["embedding"] = {**score(from_calls(emb), truth), **output_shares(emb), "qps": len(queries) / seconds}
@@ -119,13 +129,20 @@ def dataset_results(dataset: str, workdir: Path) -> dict:
     store = workdir / f"{dataset}-both.db"
     seconds = run(taxonomy, llm_queries, (llm, VoterSpec("embedding")), index, store)
     llm_calls = calls(store, "llamacpp")
-    out["llm"] = {**score(from_calls(llm_calls), llm_truth), **output_shares(llm_calls),
-                  "qps": len(llm_queries) / llm_calls["seconds"].sum(), "model": LLM, "grammar": True,
-                  "prompt_tokens_per_query": float(llm_calls["prompt_tokens"].mean())}
+    out["llm"] = {
+        **score(from_calls(llm_calls), llm_truth),
+        **output_shares(llm_calls),
+        "qps": len(llm_queries) / llm_calls["seconds"].sum(),
+        "model": LLM,
+        "grammar": True,
+        "prompt_tokens_per_query": float(llm_calls["prompt_tokens"].mean()),
+    }
     out["embedding_on_llm_rows"] = score(from_calls(calls(store, "embedding")), llm_truth)
     both = decisions(store)
-    agreed = {q: (p if s == "labeled" and a >= 1.0 else None)
-              for q, s, p, a in zip(both["query"], both["status"], both["path"], both["agreement"], strict=True)}
+    agreed = {
+        q: (p if s == "labeled" and a >= 1.0 else None)
+        for q, s, p, a in zip(both["query"], both["status"], both["path"], both["agreement"], strict=True)
+    }
     out["both_agree"] = {**score(agreed, llm_truth), "qps": len(llm_queries) / seconds}
 
     plain_queries = queries[: ARGS.plain_rows]
@@ -133,22 +150,35 @@ def dataset_results(dataset: str, workdir: Path) -> dict:
         plain = VoterSpec("llamacpp", LLM, {"n_threads": ARGS.threads, "n_ctx": 2048, "grammar": False})
         run(taxonomy, plain_queries, (plain,), index, workdir / f"{dataset}-plain.db")
         plain_calls = calls(workdir / f"{dataset}-plain.db", "llamacpp")
-        out["llm_no_grammar"] = {**score(from_calls(plain_calls), {q: truth[q] for q in plain_queries}),
-                                 **output_shares(plain_calls), "qps": len(plain_queries) / plain_calls["seconds"].sum(),
-                                 "reasons": plain_calls["reason"].dropna().str.slice(0, 60).value_counts().head(5).to_dict()}
+        out["llm_no_grammar"] = {
+            **score(from_calls(plain_calls), {q: truth[q] for q in plain_queries}),
+            **output_shares(plain_calls),
+            "qps": len(plain_queries) / plain_calls["seconds"].sum(),
+            "reasons": plain_calls["reason"].dropna().str.slice(0, 60).value_counts().head(5).to_dict(),
+        }
     return out
 
 
 def markdown(results: list[dict], command: str) -> str:
-    lines = [f"`{command}`", "", f"{ARGS.rows} test rows per dataset for the embedding labeler, the first "
-             f"{ARGS.llm_rows} of them for the LLM and the vote, {ARGS.plain_rows} for the LLM without grammar; "
-             f"shortlist of {ARGS.shortlist}. Accuracy = correct / all rows; precision = correct / labeled rows.", "",
-             "| dataset | labeler | rows | accuracy | coverage | precision | L1 precision | rejected | repaired | q/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"`{command}`",
+        "",
+        f"{ARGS.rows} test rows per dataset for the embedding labeler, the first "
+        f"{ARGS.llm_rows} of them for the LLM and the vote, {ARGS.plain_rows} for the LLM without grammar; "
+        f"shortlist of {ARGS.shortlist}. Accuracy = correct / all rows; precision = correct / labeled rows.",
+        "",
+        "| dataset | labeler | rows | accuracy | coverage | precision | L1 precision "
+        "| rejected | repaired | q/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        for key, name in (("embedding", "embedding (MiniLM zero-shot)"), ("embedding_on_llm_rows", "embedding, LLM rows"),
-                          ("llm", f"{LLM} + grammar"), ("both_agree", "both, accepted if they agree"),
-                          ("llm_no_grammar", f"{LLM}, no grammar")):
+        for key, name in (
+            ("embedding", "embedding (MiniLM zero-shot)"),
+            ("embedding_on_llm_rows", "embedding, LLM rows"),
+            ("llm", f"{LLM} + grammar"),
+            ("both_agree", "both, accepted if they agree"),
+            ("llm_no_grammar", f"{LLM}, no grammar"),
+        ):
             m = r.get(key)
             if m:
                 lines.append(
@@ -156,8 +186,11 @@ def markdown(results: list[dict], command: str) -> str:
                     f"{m['precision']:.3f} | {m['l1_precision']:.3f} | {_pct(m, 'rejected_share')} | "
                     f"{_pct(m, 'repaired_share')} | {_num(m, 'qps')} |"
                 )
-    lines += ["", "Shortlist recall (true path among the candidates): "
-              + ", ".join(f"{r['dataset']} {r['shortlist_recall']:.3f}" for r in results)]
+    lines += [
+        "",
+        "Shortlist recall (true path among the candidates): "
+        + ", ".join(f"{r['dataset']} {r['shortlist_recall']:.3f}" for r in results),
+    ]
     return "\n".join(lines) + "\n"
 
 

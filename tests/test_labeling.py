@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from shelver import HierarchicalClassifier
 from shelver.data import read_labeled
-from shelver.errors import BackendError, DataError, LabelStoreError, RequestRefusedError, TransientBackendError
+from shelver.errors import (
+    BackendError,
+    DataError,
+    LabelStoreError,
+    RequestRefusedError,
+    TransientBackendError,
+)
 from shelver.labeling import (
     LabelConfig,
     Labeler,
@@ -27,7 +33,13 @@ from shelver.labeling.review import audit_frame, import_reviews
 from shelver.labeling.runner import retry_delay
 from shelver.taxonomy import Taxonomy, format_path
 
-QUERIES = [("red sneakers", 5), ("black boots", 4), ("laptop backpack", 3), ("linen shirt", 2), ("tank top", 1)]
+QUERIES = [
+    ("red sneakers", 5),
+    ("black boots", 4),
+    ("laptop backpack", 3),
+    ("linen shirt", 2),
+    ("tank top", 1),
+]
 FAST = LabelConfig(encoder="hashing", shortlist=3, backoff=0.0, max_retries=3, concurrency=2)
 
 
@@ -55,28 +67,37 @@ def test_fake_labels_every_query_with_a_path_of_the_taxonomy(taxonomy, index, tm
     for query, row in rows.items():
         assert row["status"] == "labeled" and row["source"] == "llm:fake-first"
         assert row["prompt_version"].startswith("label_v1@")
-        shortlist = [r.choices for r in fake.calls if r.query == query][0]
+        shortlist = next(r.choices for r in fake.calls if r.query == query)
         assert row["path"] == shortlist[0]  # the fake picks the first candidate
         assert tuple(row["path"].split(" > ")) in taxonomy
 
 
 def test_transient_failures_are_retried_with_backoff(taxonomy, index, tmp_path):
     script = {
-        "red sneakers": [TransientBackendError("HTTP 429", retry_after=0.0), TransientBackendError("HTTP 500"),
-                         '{"path": "Shoes > Sneakers"}'],
+        "red sneakers": [
+            TransientBackendError("HTTP 429", retry_after=0.0),
+            TransientBackendError("HTTP 500"),
+            '{"path": "Shoes > Sneakers"}',
+        ],
         "black boots": [TransientBackendError("timed out")] * 10,
         "laptop backpack": [RequestRefusedError("HTTP 400: context too long")],
     }
     fake = FakeBackend(script=script)
     with LabelStore(tmp_path / "s.db") as store:
         summary = labeler(taxonomy, index, fake).run(store, QUERIES[:3], progress=False)
-        calls = {r[0]: r[1:] for r in sqlite3.connect(store.path).execute("SELECT query, status, attempts FROM calls")}
+        calls = {
+            r[0]: r[1:]
+            for r in sqlite3.connect(store.path).execute("SELECT query, status, attempts FROM calls")
+        }
         rows = labels_by_query(store)
     assert calls["red sneakers"] == ("ok", 3)
     assert calls["black boots"] == ("error", 4)  # 1 + max_retries, then given up and stored
     assert calls["laptop backpack"] == ("error", 1)  # a refused request is not retried
     assert summary.retries == 2 + 3
-    assert rows["black boots"]["status"] == "error" and "gave up after 4 attempts" in rows["black boots"]["error"]
+    assert (
+        rows["black boots"]["status"] == "error"
+        and "gave up after 4 attempts" in rows["black boots"]["error"]
+    )
 
 
 def test_retry_delay_honours_retry_after_and_grows_exponentially():
@@ -111,7 +132,9 @@ def test_a_backend_that_cannot_work_stops_the_run_and_keeps_what_was_stored(taxo
     script = {"linen shirt": [BackendError("HTTP 401: set the API key")]}
     with LabelStore(tmp_path / "s.db") as store:
         with pytest.raises(BackendError, match="HTTP 401"):
-            labeler(taxonomy, index, FakeBackend(script=script), concurrency=1).run(store, QUERIES, progress=False)
+            labeler(taxonomy, index, FakeBackend(script=script), concurrency=1).run(
+                store, QUERIES, progress=False
+            )
         stored = set(labels_by_query(store))
     # calls already in flight are waited for and kept; the failed one is not a label
     assert {"red sneakers", "black boots", "laptop backpack"} <= stored and "linen shirt" not in stored
@@ -119,7 +142,10 @@ def test_a_backend_that_cannot_work_stops_the_run_and_keeps_what_was_stored(taxo
 
 def test_all_calls_failing_is_an_error_naming_the_first_failure(taxonomy, index, tmp_path):
     fake = FakeBackend(script=lambda request: TransientBackendError("connection refused"))
-    with LabelStore(tmp_path / "s.db") as store, pytest.raises(BackendError, match="all 2 calls failed .*connection refused"):
+    with (
+        LabelStore(tmp_path / "s.db") as store,
+        pytest.raises(BackendError, match=r"all 2 calls failed .*connection refused"),
+    ):
         labeler(taxonomy, index, fake, max_retries=0).run(store, QUERIES[:2], progress=False)
 
 
@@ -152,7 +178,9 @@ def test_several_samples_vote(taxonomy, index, tmp_path):
     answers = iter(['{"path": "Shoes > Boots"}', '{"path": "Shoes > Boots"}', '{"path": "Shoes > Sandals"}'])
     fake = FakeBackend(script=lambda request: next(answers))
     with LabelStore(tmp_path / "s.db") as store:
-        labeler(taxonomy, index, fake, samples=3, concurrency=1).run(store, [("black boots", 1)], progress=False)
+        labeler(taxonomy, index, fake, samples=3, concurrency=1).run(
+            store, [("black boots", 1)], progress=False
+        )
         row = labels_by_query(store)["black boots"]
     assert [r.temperature for r in fake.calls] == [0.0, 0.7, 0.7]
     assert row["path"] == "Shoes > Boots" and row["agreement"] == pytest.approx(2 / 3)
@@ -164,9 +192,19 @@ def test_calls_stored_before_a_kill_are_decided_without_calling_again(taxonomy, 
         store.bind_taxonomy(taxonomy)
         store.add_queries([("red sneakers", 1)])
         voter = lab.voters[0]
-        store.record_call({"query": "red sneakers", "voter": voter.key, "sample": 0, "backend": "fake",
-                           "model": "fake-first", "prompt_version": voter.prompt.version, "status": "ok",
-                           "path": ("Shoes", "Sneakers"), "raw": '{"path": "Shoes > Sneakers"}'})
+        store.record_call(
+            {
+                "query": "red sneakers",
+                "voter": voter.key,
+                "sample": 0,
+                "backend": "fake",
+                "model": "fake-first",
+                "prompt_version": voter.prompt.version,
+                "status": "ok",
+                "path": ("Shoes", "Sneakers"),
+                "raw": '{"path": "Shoes > Sneakers"}',
+            }
+        )
         summary = lab.run(store, progress=False)
         assert summary.calls == 0 and lab.voters[0].backend.calls == []
         assert labels_by_query(store)["red sneakers"]["path"] == "Shoes > Sneakers"
@@ -184,8 +222,19 @@ def test_the_store_refuses_another_taxonomy(taxonomy, index, tmp_path):
 
 # ---- export: zero invalid paths, by construction and by test ----------------------------------
 REPLY = st.one_of(
-    st.sampled_from(["Shoes > Sneakers", "bags>BACKPACKS", "Tops / Shirts", "Sandals", "Bags > Sneakers",
-                     "Accessories", "Hats > Caps", "none", "Tops > Tops > Tops"]).map(lambda p: f'{{"path": "{p}"}}'),
+    st.sampled_from(
+        [
+            "Shoes > Sneakers",
+            "bags>BACKPACKS",
+            "Tops / Shirts",
+            "Sandals",
+            "Bags > Sneakers",
+            "Accessories",
+            "Hats > Caps",
+            "none",
+            "Tops > Tops > Tops",
+        ]
+    ).map(lambda p: f'{{"path": "{p}"}}'),
     st.text(max_size=40),
 )
 
@@ -225,7 +274,9 @@ def test_export_against_a_new_taxonomy_drops_and_counts_missing_paths(taxonomy, 
 
 def test_min_confidence_filters_machine_labels_only(taxonomy, index, tmp_path, tiny_files):
     with LabelStore(tmp_path / "s.db") as store:
-        labeler(taxonomy, index, FakeBackend("first"), FakeBackend("last")).run(store, QUERIES, progress=False)
+        labeler(taxonomy, index, FakeBackend("first"), FakeBackend("last")).run(
+            store, QUERIES, progress=False
+        )
         review = tmp_path / "review.csv"
         pd.DataFrame({"text": ["tank top"], "human_path": ["Tops > Tops"]}).to_csv(review, index=False)
         import_reviews(store, review)
@@ -245,12 +296,16 @@ def test_audit_puts_the_labels_the_model_doubts_first_and_humans_outrank_machine
     taxonomy, index, trained, tiny_frames, tmp_path
 ):
     test = tiny_frames["test"].drop_duplicates("text")
-    truth = {t: f"{c} > {s}" for t, c, s in zip(test["text"], test["category"], test["subcategory"], strict=True)}
+    truth = {
+        t: f"{c} > {s}" for t, c, s in zip(test["text"], test["category"], test["subcategory"], strict=True)
+    }
     wrong = dict(list(truth.items())[:5])
     wrong = {t: "Bags > Handbags" if p != "Bags > Handbags" else "Shoes > Boots" for t, p in wrong.items()}
     script = lambda request: f'{{"path": "{wrong.get(request.query, truth[request.query])}"}}'  # noqa: E731
     with LabelStore(tmp_path / "s.db") as store:
-        labeler(taxonomy, index, FakeBackend(script=script)).run(store, [(t, 1) for t in truth], progress=False)
+        labeler(taxonomy, index, FakeBackend(script=script)).run(
+            store, [(t, 1) for t in truth], progress=False
+        )
         review = audit_frame(store, trained)
         assert set(review["text"].head(5)) == set(wrong)  # the five wrong labels are the most doubted
         assert review["disagreement"].is_monotonic_decreasing
@@ -271,8 +326,9 @@ def test_import_refuses_invalid_review_rows_naming_row_and_fix(taxonomy, index, 
     with LabelStore(tmp_path / "s.db") as store:
         labeler(taxonomy, index, FakeBackend()).run(store, QUERIES[:2], progress=False)
         bad = tmp_path / "bad.csv"
-        pd.DataFrame({"text": ["red sneakers", "black boots"], "human_path": ["Shoes > Sneakers", "Bags > Boots"]}
-                     ).to_csv(bad, index=False)
+        pd.DataFrame(
+            {"text": ["red sneakers", "black boots"], "human_path": ["Shoes > Sneakers", "Bags > Boots"]}
+        ).to_csv(bad, index=False)
         with pytest.raises(DataError, match="row 3 \\('black boots'\\): subcategory 'Boots' is not under"):
             import_reviews(store, bad)
         assert all(r["source"] != "human" for r in store.labels())  # all or nothing

@@ -17,19 +17,34 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from shelver.data import read_labeled
 from shelver.errors import BackendError, RequestRefusedError, TransientBackendError
-from shelver.labeling import LabelConfig, Labeler, LabelStore, PathIndex, Request, export_frame, write_training_file
+from shelver.labeling import (
+    LabelConfig,
+    Labeler,
+    LabelStore,
+    PathIndex,
+    Request,
+    export_frame,
+    write_training_file,
+)
 from shelver.labeling.backends.openai import OpenAIBackend
 from shelver.labeling.validation import validate
 from shelver.taxonomy import PathResolver
 
 REPO = Path(__file__).resolve().parents[1]
-QUERIES = [("red running sneakers", 3), ("leather ankle boots", 2), ("school backpack", 2), ("linen shirt", 1),
-           ("cufflinks", 1), ("crop top", 1)]
+QUERIES = [
+    ("red running sneakers", 3),
+    ("leather ankle boots", 2),
+    ("school backpack", 2),
+    ("linen shirt", 1),
+    ("cufflinks", 1),
+    ("crop top", 1),
+]
 # one thread: llama.cpp's threads spin while they wait, and on a shared machine a second one costs 50x
 
 needs_llm = pytest.mark.skipif(
@@ -43,9 +58,23 @@ def llama_server():
     """``python -m shelver.labeling.server`` on a free loopback port; yields its /v1 base URL."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shelver.labeling.server", "--model", "smollm2", "--port", "0", "--threads", "1",
-         "--n-ctx", "2048"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "shelver.labeling.server",
+            "--model",
+            "smollm2",
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--n-ctx",
+            "2048",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
     )
     try:
         line = _read_line(proc, timeout=120)
@@ -125,7 +154,10 @@ def test_unconstrained_weak_model_output_is_caught_and_counted(llama_server, tax
     statuses = _check_store(store, taxonomy, tmp_path)
     assert sum(summary.by_status.values()) == summary.calls == len(QUERIES)
     assert summary.by_status["rejected"] == statuses.count("rejected")
-    assert summary.by_status["repaired"] == sum(summary.repairs.values()) > 0 or summary.by_status["repaired"] == 0
+    assert (
+        summary.by_status["repaired"] == sum(summary.repairs.values()) > 0
+        or summary.by_status["repaired"] == 0
+    )
     # the 135M model does not follow the format every time: something is repaired or rejected
     assert summary.by_status["rejected"] + summary.by_status["repaired"] > 0
 
@@ -148,10 +180,10 @@ def test_llamacpp_in_process_grammar_admits_only_shortlisted_paths_or_none(taxon
 
 # ---- the HTTP failure modes, against a stub server ----------------------------------------------
 class _Stub(BaseHTTPRequestHandler):
-    responses: list[tuple[int, dict, dict]] = []
-    bodies: list[dict] = []
+    responses: ClassVar[list[tuple[int, dict, dict]]] = []
+    bodies: ClassVar[list[dict]] = []
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         status, headers, payload = self.responses.pop(0)
         self.send_response(status)
@@ -175,26 +207,39 @@ def stub():
     server.server_close()
 
 
-OK = (200, {}, {"choices": [{"message": {"content": '{"path": "none"}'}}], "usage": {"prompt_tokens": 9, "completion_tokens": 4}})
+OK = (
+    200,
+    {},
+    {
+        "choices": [{"message": {"content": '{"path": "none"}'}}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 4},
+    },
+)
 REQUEST = Request(({"role": "user", "content": "q"},), ("Shoes > Boots",), "q")
 
 
 def test_http_statuses_map_to_retry_refuse_or_stop(stub):
     url, handler = stub
     backend = OpenAIBackend(base_url=url, structured="json_schema", timeout=5)
-    handler.responses = [(429, {"Retry-After": "3"}, {}), (503, {}, {}), (400, {}, {"error": "too long"}),
-                         (401, {}, {"error": "bad key"})]
+    handler.responses = [
+        (429, {"Retry-After": "3"}, {}),
+        (503, {}, {}),
+        (400, {}, {"error": "too long"}),
+        (401, {}, {"error": "bad key"}),
+    ]
     with pytest.raises(TransientBackendError, match="HTTP 429") as err:
         backend.generate(REQUEST)
     assert err.value.retry_after == 3.0
     with pytest.raises(TransientBackendError, match="HTTP 503"):
         backend.generate(REQUEST)
-    with pytest.raises(RequestRefusedError, match="HTTP 400 .*too long"):
+    with pytest.raises(RequestRefusedError, match=r"HTTP 400 .*too long"):
         backend.generate(REQUEST)
-    with pytest.raises(BackendError, match="HTTP 401 .*set the API key in \\$OPENAI_API_KEY"):
+    with pytest.raises(BackendError, match=r"HTTP 401 .*set the API key in \$OPENAI_API_KEY"):
         backend.generate(REQUEST)
     assert handler.bodies[0]["response_format"]["json_schema"]["schema"]["properties"]["path"]["enum"] == [
-        "Shoes > Boots", "none"]
+        "Shoes > Boots",
+        "none",
+    ]
 
 
 def test_auto_falls_back_to_plain_json_when_the_server_has_no_json_schema(stub):

@@ -100,7 +100,12 @@ def _vote(voter, status, path=None, score=None):
 def test_votes_agreement_becomes_confidence():
     a, b = ("Shoes", "Boots"), ("Shoes", "Sneakers")
     unanimous = decide([_vote("x", "ok", a), _vote("y", "repaired", a)])
-    assert (unanimous.status, unanimous.path, unanimous.confidence, unanimous.agreement) == ("labeled", a, 1.0, 1.0)
+    assert (unanimous.status, unanimous.path, unanimous.confidence, unanimous.agreement) == (
+        "labeled",
+        a,
+        1.0,
+        1.0,
+    )
     split = decide([_vote("x", "ok", a), _vote("y", "ok", b), _vote("z", "ok", b)])
     assert split.path == b and split.agreement == pytest.approx(2 / 3)
     tie = decide([_vote("x", "ok", a), _vote("y", "ok", b)])

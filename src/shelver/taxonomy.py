@@ -9,8 +9,8 @@ today, and nothing here assumes two.
 from __future__ import annotations
 
 import hashlib
-import re
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property

@@ -22,7 +22,8 @@ from shelver.labeling.backends import BACKENDS, Backend, Reply, Request, make_ba
 from shelver.labeling.export import export_frame, write_training_file
 from shelver.labeling.prompts import Prompt
 from shelver.labeling.querylog import normalize_query, read_query_log
-from shelver.labeling.runner import LabelConfig, Labeler, RunSummary, VoterSpec
+from shelver.labeling.config import LabelConfig, VoterSpec
+from shelver.labeling.runner import Labeler, RunSummary
 from shelver.labeling.shortlist import PathIndex
 from shelver.labeling.store import LabelStore
 from shelver.labeling.validation import Verdict, validate

@@ -53,8 +53,12 @@ class LabelConfig:
         return json.loads(json.dumps(asdict(self), default=str))
 
 
-def voters_from_cli(backends: Sequence[str], model: str | None = None, base_url: str | None = None,
-                    options: Sequence[str] = ()) -> tuple[VoterSpec, ...]:
+def voters_from_cli(
+    backends: Sequence[str],
+    model: str | None = None,
+    base_url: str | None = None,
+    options: Sequence[str] = (),
+) -> tuple[VoterSpec, ...]:
     """``--backend NAME[=MODEL]`` (repeatable), ``--model`` for the LLM backends without one,
     ``--option [BACKEND.]KEY=VALUE`` (no prefix: the first backend)."""
     names = [b.partition("=")[0].strip() for b in backends] or ["embedding"]
@@ -82,7 +86,9 @@ def _options(items: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, 
         backend, dot, name = key.strip().rpartition(".")
         target = backend if dot else names[0]
         if target not in names:
-            raise ConfigError(f"--option {item!r} names backend {target!r}, which is not among --backend {', '.join(names)}")
+            raise ConfigError(
+                f"--option {item!r} names backend {target!r}, which is not among --backend {', '.join(names)}"
+            )
         out.setdefault(target, {})[name] = _value(value.strip())
     return out
 

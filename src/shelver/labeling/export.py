@@ -19,8 +19,12 @@ from shelver.taxonomy import Taxonomy, parse_path
 EXPORT_COLUMNS = ("text", "source", "confidence", "agreement", "count")
 
 
-def export_frame(store: LabelStore, min_confidence: float = 0.0, min_agreement: float = 0.0,
-                 taxonomy: Taxonomy | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
+def export_frame(
+    store: LabelStore,
+    min_confidence: float = 0.0,
+    min_agreement: float = 0.0,
+    taxonomy: Taxonomy | None = None,
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """The training rows and what was left out, by reason.
 
     With ``taxonomy`` (a newer tree, say), labels whose path it lacks are dropped and counted;
@@ -45,13 +49,17 @@ def _keep(label: dict, min_confidence: float, min_agreement: float, skipped: dic
         skipped["rejected_or_error"] += 1
         return False
     human = label["source"] == "human"
-    if not human and ((label["confidence"] or 0) < min_confidence or (label["agreement"] or 0) < min_agreement):
+    if not human and (
+        (label["confidence"] or 0) < min_confidence or (label["agreement"] or 0) < min_agreement
+    ):
         skipped["below_threshold"] += 1
         return False
     return True
 
 
-def _valid(label: dict, taxonomy: Taxonomy, lenient: bool, store: LabelStore, skipped: dict[str, int]) -> bool:
+def _valid(
+    label: dict, taxonomy: Taxonomy, lenient: bool, store: LabelStore, skipped: dict[str, int]
+) -> bool:
     path = parse_path(label["path"] or "")
     if path in taxonomy:
         return True
@@ -60,15 +68,22 @@ def _valid(label: dict, taxonomy: Taxonomy, lenient: bool, store: LabelStore, sk
         return False
     raise LabelStoreError(
         f"{store.path}: the label of {label['query']!r} is {label['path']!r}, which is not a path of the "
-        f"store's taxonomy ({taxonomy.explain_unknown(path)}); the store was edited by hand: relabel that query"
+        f"store's taxonomy ({taxonomy.explain_unknown(path)}); the store was edited by hand: "
+        "relabel that query"
     )
 
 
 def _row(label: dict, taxonomy: Taxonomy) -> dict:
     path = parse_path(label["path"])
     levels = dict(zip(taxonomy.levels, path, strict=True))
-    return {"text": label["query"], **levels, "source": label["source"], "confidence": round(label["confidence"], 6),
-            "agreement": round(label["agreement"], 6), "count": label["count"]}
+    return {
+        "text": label["query"],
+        **levels,
+        "source": label["source"],
+        "confidence": round(label["confidence"], 6),
+        "agreement": round(label["agreement"], 6),
+        "count": label["count"],
+    }
 
 
 def write_training_file(frame: pd.DataFrame, out: str | Path) -> Path:

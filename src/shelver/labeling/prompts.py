@@ -38,7 +38,9 @@ class Prompt:
             return cls.parse(path.stem, path.read_text(encoding="utf-8"), str(path))
         source = resources.files("shelver") / "prompts" / f"{name_or_path}.txt"
         if not source.is_file():
-            raise ConfigError(f"no prompt {name_or_path!r}: give a built-in name ({builtin_names()}) or a .txt path")
+            raise ConfigError(
+                f"no prompt {name_or_path!r}: give a built-in name ({builtin_names()}) or a .txt path"
+            )
         return cls.parse(name_or_path, source.read_text(encoding="utf-8"), name_or_path)
 
     @classmethod

@@ -21,7 +21,9 @@ def normalize_query(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", str(text)).lower().split())
 
 
-def read_query_log(path: str | Path, text_column: str = "text", count_column: str = "count") -> list[tuple[str, int]]:
+def read_query_log(
+    path: str | Path, text_column: str = "text", count_column: str = "count"
+) -> list[tuple[str, int]]:
     """``[(query, count), ...]``: deduplicated, counts summed, most frequent first (ties: first seen)."""
     frame = read_table(path)
     origin = Path(path).name

@@ -23,8 +23,17 @@ from shelver.labeling.querylog import normalize_query
 from shelver.labeling.store import LabelStore
 from shelver.taxonomy import Path_, PathResolver, Taxonomy, format_path
 
-REVIEW_COLUMNS = ("text", "count", "label", "source", "confidence", "model_label", "model_confidence",
-                  "disagreement", "human_path")
+REVIEW_COLUMNS = (
+    "text",
+    "count",
+    "label",
+    "source",
+    "confidence",
+    "model_label",
+    "model_confidence",
+    "disagreement",
+    "human_path",
+)
 ACCEPT = ("=", "ok", "accept")
 
 
@@ -42,13 +51,19 @@ def audit_frame(store: LabelStore, model: Any, limit: int | None = None) -> pd.D
     _, P2 = model.predict_proba(frame["text"].tolist())
     believed = P2[np.arange(len(frame)), [taxonomy.leaf_index[p] for p in paths]]
     best = P2.argmax(axis=1)
-    review = pd.DataFrame({
-        "text": frame["text"], "count": frame["count"], "label": [format_path(p) for p in paths],
-        "source": frame["source"], "confidence": frame["confidence"],
-        "model_label": [format_path(taxonomy.paths[i]) for i in best],
-        "model_confidence": P2[np.arange(len(frame)), best].round(6), "disagreement": (1 - believed).round(6),
-        "human_path": "",
-    })
+    review = pd.DataFrame(
+        {
+            "text": frame["text"],
+            "count": frame["count"],
+            "label": [format_path(p) for p in paths],
+            "source": frame["source"],
+            "confidence": frame["confidence"],
+            "model_label": [format_path(taxonomy.paths[i]) for i in best],
+            "model_confidence": P2[np.arange(len(frame)), best].round(6),
+            "disagreement": (1 - believed).round(6),
+            "human_path": "",
+        }
+    )
     review = review.sort_values(["disagreement", "count"], ascending=[False, False], kind="stable")
     return review.head(limit) if limit else review
 
@@ -79,14 +94,18 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
-def _resolve(answer: str, row: dict[str, str], resolver: PathResolver, path: Path, number: int) -> Path_ | None:
+def _resolve(
+    answer: str, row: dict[str, str], resolver: PathResolver, path: Path, number: int
+) -> Path_ | None:
     if answer.casefold() == "none":
         return None
     if answer.casefold() in ACCEPT:
         answer = (row.get("label") or "").strip()
         if not answer:
-            raise DataError(f"{path.name}, row {number}: human_path {row['human_path']!r} accepts the label, "
-                            "but the row has no 'label'; write the path instead")
+            raise DataError(
+                f"{path.name}, row {number}: human_path {row['human_path']!r} accepts the label, "
+                "but the row has no 'label'; write the path instead"
+            )
     resolution = resolver.resolve(answer)
     if not resolution.ok:
         raise DataError(

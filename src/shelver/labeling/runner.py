@@ -8,6 +8,7 @@ result is stored the moment it returns; a query's label is decided as soon as it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from shelver.errors import BackendError, ConfigError, RequestRefusedError, TransientBackendError
 from shelver.labeling.backends import Backend, Reply, Request, make_backend
-from shelver.labeling.config import LabelConfig, VoterSpec
+from shelver.labeling.config import LabelConfig
 from shelver.labeling.prompts import Prompt
 from shelver.labeling.querylog import count_queries
 from shelver.labeling.shortlist import PathIndex
@@ -47,7 +48,9 @@ class RunSummary:
     seconds: float = 0.0
     first_error: str = ""
 
-    def add(self, verdict: Verdict, reply: Reply | None, attempts: int, price: tuple[float | None, float | None]) -> None:
+    def add(
+        self, verdict: Verdict, reply: Reply | None, attempts: int, price: tuple[float | None, float | None]
+    ) -> None:
         self.calls += 1
         self.by_status[verdict.status] += 1
         self.repairs.update(verdict.repairs)
@@ -61,7 +64,9 @@ class RunSummary:
             self.prompt_tokens += reply.prompt_tokens
             self.completion_tokens += reply.completion_tokens
         if price[0] is not None or price[1] is not None:
-            self.cost = (self.prompt_tokens * (price[0] or 0) + self.completion_tokens * (price[1] or 0)) / 1e6
+            self.cost = (
+                self.prompt_tokens * (price[0] or 0) + self.completion_tokens * (price[1] or 0)
+            ) / 1e6
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -81,29 +86,43 @@ class _Voter:
 class Labeler:
     """Labels queries into a store with the configured voters; reusable across logs and stores."""
 
-    def __init__(self, taxonomy: Taxonomy, config: LabelConfig | None = None,
-                 backends: Sequence[Backend] | None = None, index: PathIndex | None = None) -> None:
+    def __init__(
+        self,
+        taxonomy: Taxonomy,
+        config: LabelConfig | None = None,
+        backends: Sequence[Backend] | None = None,
+        index: PathIndex | None = None,
+    ) -> None:
         self.taxonomy = taxonomy
         self.config = config or LabelConfig()
         self.index = index or PathIndex(taxonomy, self.config.encoder)
         self.resolver = PathResolver(taxonomy, self.config.synonyms)
-        built = backends or [make_backend(v.backend, v.model, v.options, self.index) for v in self.config.voters]
+        self.prompt = Prompt.load(self.config.prompt)  # loaded even if unused: a typo fails now, not later
+        built = backends or [
+            make_backend(v.backend, v.model, v.options, self.index) for v in self.config.voters
+        ]
         self.voters = [self._voter(b) for b in built]
         if len({v.key for v in self.voters}) != len(self.voters):
-            raise ConfigError("the same backend and model are given twice; use samples for more votes of one model")
+            raise ConfigError(
+                "the same backend and model are given twice; use samples for more votes of one model"
+            )
 
     def _voter(self, backend: Backend) -> _Voter:
         if backend.name in DETERMINISTIC:
             return _Voter(f"{backend.name}:{backend.model}", backend, None, 1)
-        prompt = Prompt.load(self.config.prompt)
-        return _Voter(f"{backend.name}:{backend.model}:{prompt.version}", backend, prompt, self.config.samples)
+        prompt = self.prompt
+        return _Voter(
+            f"{backend.name}:{backend.model}:{prompt.version}", backend, prompt, self.config.samples
+        )
 
     @property
     def plan(self) -> list[tuple[str, int]]:
         return [(v.key, v.samples) for v in self.voters]
 
     # ---- the run ---------------------------------------------------------------------------
-    def run(self, store: LabelStore, queries: Sequence[tuple[str, int]] = (), progress: bool = True) -> RunSummary:
+    def run(
+        self, store: LabelStore, queries: Sequence[tuple[str, int]] = (), progress: bool = True
+    ) -> RunSummary:
         """Label every pending query in ``store`` (after adding ``queries``); returns what this run did."""
         from tqdm.auto import tqdm
 
@@ -143,15 +162,24 @@ class Labeler:
         keys = [v.key for v in self.voters]
         for start in range(0, len(pending), 256):
             batch = pending[start : start + 256]
-            for query, shortlist in zip(batch, self.index.shortlist(batch, self.config.shortlist), strict=True):
+            for query, shortlist in zip(
+                batch, self.index.shortlist(batch, self.config.shortlist), strict=True
+            ):
                 done = store.done_calls(query, keys)
                 todo = [(v, s) for v in self.voters for s in range(v.samples) if (v.key, s) not in done]
                 outstanding[query] = len(todo)
                 for voter, sample in todo:
                     yield query, voter, sample, shortlist
 
-    def _collect(self, store: LabelStore, in_flight: dict, outstanding: dict[str, int], summary: RunSummary,
-                 bar: Any, when: str) -> None:
+    def _collect(
+        self,
+        store: LabelStore,
+        in_flight: dict,
+        outstanding: dict[str, int],
+        summary: RunSummary,
+        bar: Any,
+        when: str,
+    ) -> None:
         """Store finished calls. A fatal backend error stops the run, but only after every call
         already in flight has come back and been stored: paid work is never thrown away."""
         finished, _ = wait(list(in_flight), return_when=when)
@@ -171,18 +199,26 @@ class Labeler:
                 self._drain(store, in_flight, outstanding, summary, bar)
             raise fatal
 
-    def _drain(self, store: LabelStore, in_flight: dict, outstanding: dict[str, int], summary: RunSummary,
-               bar: Any) -> None:
+    def _drain(
+        self, store: LabelStore, in_flight: dict, outstanding: dict[str, int], summary: RunSummary, bar: Any
+    ) -> None:
         for future in list(in_flight):
             future.cancel()  # not started yet: nothing paid, nothing to keep
-        try:
-            self._collect(store, {f: t for f, t in in_flight.items() if not f.cancelled()}, outstanding, summary,
-                          bar, ALL_COMPLETED)
-        except BackendError:
-            pass  # the first fatal error is the one reported
+        live = {f: t for f, t in in_flight.items() if not f.cancelled()}
+        with contextlib.suppress(BackendError):  # the first fatal error is the one reported
+            self._collect(store, live, outstanding, summary, bar, ALL_COMPLETED)
 
-    def _store(self, store: LabelStore, task: tuple, reply: Reply | None, error: str | None, attempts: int,
-               seconds: float, outstanding: dict[str, int], summary: RunSummary) -> None:
+    def _store(
+        self,
+        store: LabelStore,
+        task: tuple,
+        reply: Reply | None,
+        error: str | None,
+        attempts: int,
+        seconds: float,
+        outstanding: dict[str, int],
+        summary: RunSummary,
+    ) -> None:
         query, voter, sample, shortlist = task
         verdict = self._verdict(reply, error, shortlist)
         store.record_call(self._row(query, voter, sample, reply, verdict, attempts, seconds))
@@ -200,13 +236,20 @@ class Labeler:
     def request(self, query: str, voter: _Voter, sample: int, shortlist: tuple[Path_, ...]) -> Request:
         messages = voter.prompt.messages(query, shortlist) if voter.prompt else ()
         temperature = 0.0 if sample == 0 else self.config.sample_temperature
-        return Request(messages, tuple(format_path(p) for p in shortlist), query, temperature=temperature,
-                       seed=self.config.seed + sample)
+        return Request(
+            messages,
+            tuple(format_path(p) for p in shortlist),
+            query,
+            temperature=temperature,
+            seed=self.config.seed + sample,
+        )
 
     def _call(self, query: str, voter: _Voter, sample: int, shortlist: tuple[Path_, ...]) -> tuple:
         request = self.request(query, voter, sample, shortlist)
         start = time.perf_counter()
-        reply, error, attempts = call_with_retries(voter.backend, request, self.config.max_retries, self.config.backoff)
+        reply, error, attempts = call_with_retries(
+            voter.backend, request, self.config.max_retries, self.config.backoff
+        )
         return reply, error, attempts, time.perf_counter() - start
 
     def _verdict(self, reply: Reply | None, error: str | None, shortlist: tuple[Path_, ...]) -> Verdict:
@@ -214,15 +257,34 @@ class Labeler:
             return Verdict("error", reason=error or "no reply")
         return validate(reply.text, self.resolver, shortlist)
 
-    def _row(self, query: str, voter: _Voter, sample: int, reply: Reply | None, verdict: Verdict,
-             attempts: int, seconds: float) -> dict[str, Any]:
+    def _row(
+        self,
+        query: str,
+        voter: _Voter,
+        sample: int,
+        reply: Reply | None,
+        verdict: Verdict,
+        attempts: int,
+        seconds: float,
+    ) -> dict[str, Any]:
         return {
-            "query": query, "voter": voter.key, "sample": sample, "backend": voter.backend.name,
-            "model": voter.backend.model, "prompt_version": voter.prompt.version if voter.prompt else "",
-            "status": verdict.status, "path": verdict.path, "score": reply.score if reply else None,
-            "raw": reply.text if reply else None, "repairs": verdict.repairs, "reason": verdict.reason or None,
-            "off_shortlist": int(verdict.off_shortlist), "prompt_tokens": reply.prompt_tokens if reply else 0,
-            "completion_tokens": reply.completion_tokens if reply else 0, "seconds": seconds, "attempts": attempts,
+            "query": query,
+            "voter": voter.key,
+            "sample": sample,
+            "backend": voter.backend.name,
+            "model": voter.backend.model,
+            "prompt_version": voter.prompt.version if voter.prompt else "",
+            "status": verdict.status,
+            "path": verdict.path,
+            "score": reply.score if reply else None,
+            "raw": reply.text if reply else None,
+            "repairs": verdict.repairs,
+            "reason": verdict.reason or None,
+            "off_shortlist": int(verdict.off_shortlist),
+            "prompt_tokens": reply.prompt_tokens if reply else 0,
+            "completion_tokens": reply.completion_tokens if reply else 0,
+            "seconds": seconds,
+            "attempts": attempts,
         }
 
     def close(self) -> None:
@@ -230,8 +292,9 @@ class Labeler:
             voter.backend.close()
 
 
-def call_with_retries(backend: Backend, request: Request, max_retries: int, backoff: float,
-                      sleep: Any = time.sleep) -> tuple[Reply | None, str | None, int]:
+def call_with_retries(
+    backend: Backend, request: Request, max_retries: int, backoff: float, sleep: Any = time.sleep
+) -> tuple[Reply | None, str | None, int]:
     """``(reply, error, attempts)``: transient failures are retried with exponential backoff and jitter.
 
     A refused request gives up at once (its error is stored); a ``BackendError`` that means the
@@ -253,7 +316,8 @@ def _check_not_all_failed(summary: RunSummary, store: LabelStore) -> None:
     """Every call failing means the backend is unreachable or misconfigured, not a bad query."""
     if summary.calls and summary.by_status["error"] == summary.calls:
         raise BackendError(
-            f"all {summary.calls:,} calls failed (first: {summary.first_error[:200]}; all are in {store.path}); "
+            f"all {summary.calls:,} calls failed (first: {summary.first_error[:200]}; "
+            f"all are in {store.path}); "
             "check the backend (is the server up? --base-url, --model), then re-run: failed calls are retried"
         )
 
@@ -268,17 +332,26 @@ def retry_delay(attempt: int, backoff: float, retry_after: float | None) -> floa
 def _reason_kind(reason: str) -> str:
     """A short family name for a rejection reason, for the counts table."""
     text = reason.split(" (answer", 1)[0]
-    for kind, marker in (("wrong parent", "is not under"), ("not in taxonomy", "is not in the taxonomy"),
-                         ("wrong depth", "level(s)"), ("ambiguous", "ambiguous"), ("empty reply", "empty"),
-                         ("unparseable", "unparseable"), ("timeout/5xx/429", "gave up")):
+    for kind, marker in (
+        ("wrong parent", "is not under"),
+        ("not in taxonomy", "is not in the taxonomy"),
+        ("wrong depth", "level(s)"),
+        ("ambiguous", "ambiguous"),
+        ("empty reply", "empty"),
+        ("unparseable", "unparseable"),
+        ("timeout/5xx/429", "gave up"),
+    ):
         if marker in text:
             return kind
     return text[:40]
 
 
 def _postfix(summary: RunSummary) -> dict[str, str]:
-    post = {"tok": f"{summary.prompt_tokens + summary.completion_tokens:,}",
-            "rej": str(summary.by_status["rejected"]), "rep": str(summary.by_status["repaired"])}
+    post = {
+        "tok": f"{summary.prompt_tokens + summary.completion_tokens:,}",
+        "rej": str(summary.by_status["rejected"]),
+        "rep": str(summary.by_status["repaired"]),
+    }
     if summary.by_status["error"]:
         post["err"] = str(summary.by_status["error"])
     if summary.cost is not None:

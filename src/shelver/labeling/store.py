@@ -56,7 +56,8 @@ class LabelStore:
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise LabelStoreError(
-                f"label store {str(self.path)!r} does not exist; create it with 'shelver label ... --out STORE'"
+                f"label store {str(self.path)!r} does not exist; "
+                "create it with 'shelver label ... --out STORE'"
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -75,7 +76,9 @@ class LabelStore:
         if version is None:
             self.set_meta("schema_version", SCHEMA_VERSION)
         elif version != SCHEMA_VERSION:
-            raise LabelStoreError(f"{self.path} has store schema {version}; this shelver reads {SCHEMA_VERSION}")
+            raise LabelStoreError(
+                f"{self.path} has store schema {version}; this shelver reads {SCHEMA_VERSION}"
+            )
 
     def get_meta(self, key: str) -> str | None:
         row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
@@ -93,7 +96,8 @@ class LabelStore:
         elif stored != taxonomy.hash:
             raise LabelStoreError(
                 f"{self.path} was labeled against a different taxonomy (hash {stored[:12]}, this one "
-                f"{taxonomy.hash[:12]}); use a new --out store, or export with --taxonomy to keep the valid labels"
+                f"{taxonomy.hash[:12]}); use a new --out store, or export with --taxonomy to keep the "
+                "valid labels"
             )
 
     def taxonomy(self) -> Taxonomy:
@@ -125,8 +129,7 @@ class LabelStore:
         clause, params = _plan_clause(plan)
         top = f"(SELECT * FROM queries ORDER BY rank LIMIT {int(limit)})" if limit else "queries"
         return self._all(
-            f"SELECT q.query, q.count FROM {top} q WHERE (SELECT COUNT(*) FROM calls c WHERE c.query = q.query "
-            f"AND ({clause}) AND c.status != 'error') < ? ORDER BY q.rank",
+            f"SELECT q.query, q.count FROM {top} q WHERE {_done_calls(clause)} < ? ORDER BY q.rank",
             (*params, sum(n for _, n in plan)),
         )
 
@@ -140,7 +143,7 @@ class LabelStore:
         rows = self._all(
             f"SELECT q.query FROM {top} q LEFT JOIN labels l ON l.query = q.query "
             f"WHERE (l.query IS NULL OR (l.source != 'human' AND COALESCE(l.voter_set, '') != ?)) "
-            f"AND (SELECT COUNT(*) FROM calls c WHERE c.query = q.query AND ({clause}) AND c.status != 'error') >= ? "
+            f"AND {_done_calls(clause)} >= ? "
             f"ORDER BY q.rank",
             (voter_set(plan), *params, sum(n for _, n in plan)),
         )
@@ -161,8 +164,10 @@ class LabelStore:
         row = dict(call, created=_now(), repairs=json.dumps(list(call.get("repairs", ()))))
         row["path"] = format_path(row["path"]) if row.get("path") else None
         columns = ", ".join(row)
-        self._write(f"INSERT OR REPLACE INTO calls ({columns}) VALUES ({', '.join('?' * len(row))})",
-                    tuple(row.values()))
+        self._write(
+            f"INSERT OR REPLACE INTO calls ({columns}) VALUES ({', '.join('?' * len(row))})",
+            tuple(row.values()),
+        )
 
     def votes(self, query: str, plan: Sequence[tuple[str, int]]) -> list[Vote]:
         """The calls of ``query`` in ``plan``, in voter order then sample order."""
@@ -175,7 +180,9 @@ class LabelStore:
         order = {v: i for i, (v, _) in enumerate(plan)}
         rows.sort(key=lambda r: (order[r[0]], r[1]))
         return [
-            Vote(r[0], r[2], parse_path(r[3]) if r[3] else None, r[4], r[5], r[6], r[7], r[8] or "", r[9] or "")
+            Vote(
+                r[0], r[2], parse_path(r[3]) if r[3] else None, r[4], r[5], r[6], r[7], r[8] or "", r[9] or ""
+            )
             for r in rows
         ]
 
@@ -202,7 +209,9 @@ class LabelStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             for query, path in rows:
-                self._db.execute("INSERT OR IGNORE INTO queries (query, count, rank) VALUES (?, 1, 0)", (query,))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO queries (query, count, rank) VALUES (?, 1, 0)", (query,)
+                )
                 self._upsert(self._db, _human_row(query, path, reviewer), keep_human=False)
                 count += 1
             self._db.execute("COMMIT")
@@ -217,8 +226,14 @@ class LabelStore:
         columns = ", ".join(row)
         updates = ", ".join(f"{c} = excluded.{c}" for c in row if c != "query")
         # a machine never overwrites a human label, and a failed call never erases a usable label
-        guard = (" WHERE labels.source != 'human' AND NOT (excluded.status = 'error' "
-                 "AND labels.status IN ('labeled', 'none'))") if keep_human else ""
+        guard = (
+            (
+                " WHERE labels.source != 'human' AND NOT (excluded.status = 'error' "
+                "AND labels.status IN ('labeled', 'none'))"
+            )
+            if keep_human
+            else ""
+        )
         db.execute(
             f"INSERT INTO labels ({columns}) VALUES ({', '.join('?' * len(row))}) "
             f"ON CONFLICT(query) DO UPDATE SET {updates}{guard}",
@@ -243,8 +258,15 @@ class LabelStore:
         for (text,) in self._all("SELECT repairs FROM calls WHERE repairs != '[]'"):
             for kind in json.loads(text):
                 repairs[kind] = repairs.get(kind, 0) + 1
-        tokens = self._one("SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) FROM calls")
-        return {"by_status": by_status, "repairs": repairs, "prompt_tokens": tokens[0], "completion_tokens": tokens[1]}
+        tokens = self._one(
+            "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) FROM calls"
+        )
+        return {
+            "by_status": by_status,
+            "repairs": repairs,
+            "prompt_tokens": tokens[0],
+            "completion_tokens": tokens[1],
+        }
 
     def count(self, table: str) -> int:
         if table not in ("queries", "calls", "labels"):
@@ -280,6 +302,11 @@ def _plan_clause(plan: Sequence[tuple[str, int]]) -> tuple[str, list[Any]]:
     return clause, [x for pair in plan for x in pair]
 
 
+def _done_calls(clause: str) -> str:
+    """SQL counting the final (non-error) calls of query ``q`` that the plan asks for."""
+    return f"(SELECT COUNT(*) FROM calls c WHERE c.query = q.query AND ({clause}) AND c.status != 'error')"
+
+
 def voter_set(plan: Sequence[tuple[str, int]]) -> str:
     return json.dumps(sorted([list(p) for p in plan]))
 
@@ -287,14 +314,28 @@ def voter_set(plan: Sequence[tuple[str, int]]) -> str:
 def _provenance(decision: Decision, votes: Sequence[Vote]) -> dict[str, Any]:
     """Who answered: the first vote for the winner; problems of the others go in ``error``."""
     winner = decision.winner
-    problems = "; ".join(f"{v.voter}: {v.reason}" for v in votes if v.status in ("rejected", "error") and v.reason)
+    problems = "; ".join(
+        f"{v.voter}: {v.reason}" for v in votes if v.status in ("rejected", "error") and v.reason
+    )
     if winner is None:
         first = votes[0] if votes else None
-        return {"source": "none", "backend": first.backend if first else None, "model": first.model if first else None,
-                "prompt_version": None, "raw": first.raw if first else None, "error": problems or None}
+        return {
+            "source": "none",
+            "backend": first.backend if first else None,
+            "model": first.model if first else None,
+            "prompt_version": None,
+            "raw": first.raw if first else None,
+            "error": problems or None,
+        }
     source = "embedding" if winner.backend == "embedding" else f"llm:{winner.model}"
-    return {"source": source, "backend": winner.backend, "model": winner.model,
-            "prompt_version": winner.prompt_version or None, "raw": winner.raw, "error": problems or None}
+    return {
+        "source": source,
+        "backend": winner.backend,
+        "model": winner.model,
+        "prompt_version": winner.prompt_version or None,
+        "raw": winner.raw,
+        "error": problems or None,
+    }
 
 
 def _human_row(query: str, path: Path_ | None, reviewer: str) -> dict[str, Any]:

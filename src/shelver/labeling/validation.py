@@ -70,8 +70,12 @@ def extract_answer(text: str) -> tuple[str | None, tuple[str, ...], str]:
     if field:
         return field.group(1), ("json",), ""
     if "\n" not in stripped and "{" not in stripped and len(stripped) <= 120:
-        return stripped.strip("\"'. "), ("json",), ""  # a bare path: the format was wrong, the answer may not be
-    return None, (), f"unparseable reply (expected {{\"path\": ...}}): {stripped[:80]!r}"
+        return (
+            stripped.strip("\"'. "),
+            ("json",),
+            "",
+        )  # a bare path: the format was wrong, the answer may not be
+    return None, (), f'unparseable reply (expected {{"path": ...}}): {stripped[:80]!r}'
 
 
 def _from_json(value: object, repairs: tuple[str, ...]) -> tuple[str | None, tuple[str, ...], str]:

@@ -13,15 +13,18 @@ BACKENDS = ("embedding", "openai", "llamacpp", "fake")
 DEFAULT_MODELS = {"openai": "gpt-4o-mini", "llamacpp": "smollm2", "fake": "first", "embedding": None}
 
 
-def make_backend(name: str, model: str | None = None, options: Mapping[str, Any] | None = None,
-                 index: Any = None) -> Backend:
+def make_backend(
+    name: str, model: str | None = None, options: Mapping[str, Any] | None = None, index: Any = None
+) -> Backend:
     """Build a backend; ``index`` (a ``PathIndex``) is what the embedding backend scores with."""
     options = dict(options or {})
     model = model or DEFAULT_MODELS.get(name)
     try:
         return _build(name, model, options, index)
     except TypeError as err:  # an unknown keyword in --option
-        raise ConfigError(f"backend {name!r} does not take that option ({err}); see 'shelver label --help'") from None
+        raise ConfigError(
+            f"backend {name!r} does not take that option ({err}); see 'shelver label --help'"
+        ) from None
 
 
 def _build(name: str, model: str | None, options: dict[str, Any], index: Any) -> Backend:

@@ -53,8 +53,11 @@ class FakeBackend:
             time.sleep(self.delay)
         if isinstance(outcome, BaseException):
             raise outcome
-        return Reply(outcome, prompt_tokens=sum(len(m["content"].split()) for m in request.messages),
-                     completion_tokens=len(outcome.split()))
+        return Reply(
+            outcome,
+            prompt_tokens=sum(len(m["content"].split()) for m in request.messages),
+            completion_tokens=len(outcome.split()),
+        )
 
     def _next(self, request: Request) -> Outcome:
         if callable(self.script):

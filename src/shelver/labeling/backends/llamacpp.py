@@ -63,8 +63,14 @@ class LlamaCppBackend:
         self._server = None  # the engine frees the model when collected
 
 
-def start_engine(model: str, n_ctx: int = 4096, n_threads: int | None = None, n_parallel: int = 1,
-                 port: int = 0, host: str = "127.0.0.1") -> Any:
+def start_engine(
+    model: str,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    n_parallel: int = 1,
+    port: int = 0,
+    host: str = "127.0.0.1",
+) -> Any:
     """Load ``model`` (a GGUF path or built-in name) into llama.cpp's server engine."""
     try:
         import xllamacpp

@@ -112,7 +112,9 @@ def _raise_for_status(response: Any, backend: OpenAIBackend, structured: bool) -
         return
     detail = response.text[:300].replace("\n", " ")
     if status == 429 or status >= 500:
-        raise TransientBackendError(f"HTTP {status} from {backend.base_url}: {detail}", _retry_after(response))
+        raise TransientBackendError(
+            f"HTTP {status} from {backend.base_url}: {detail}", _retry_after(response)
+        )
     if structured and backend.structured == "auto" and status in (400, 422):
         raise _StructuredUnsupported(detail)
     error = RequestRefusedError if status in (400, 413, 422) else BackendError
@@ -139,7 +141,9 @@ def _reply(payload: dict[str, Any]) -> Reply:
     try:
         message = payload["choices"][0]["message"]
     except (KeyError, IndexError, TypeError):
-        raise TransientBackendError(f"malformed completion (no choices[0].message): {str(payload)[:200]}") from None
+        raise TransientBackendError(
+            f"malformed completion (no choices[0].message): {str(payload)[:200]}"
+        ) from None
     usage = payload.get("usage") or {}
     return Reply(
         text=message.get("content") or "",
