@@ -154,10 +154,7 @@ def test_unconstrained_weak_model_output_is_caught_and_counted(llama_server, tax
     statuses = _check_store(store, taxonomy, tmp_path)
     assert sum(summary.by_status.values()) == summary.calls == len(QUERIES)
     assert summary.by_status["rejected"] == statuses.count("rejected")
-    assert (
-        summary.by_status["repaired"] == sum(summary.repairs.values()) > 0
-        or summary.by_status["repaired"] == 0
-    )
+    assert summary.by_status["repaired"] == statuses.count("repaired")
     # the 135M model does not follow the format every time: something is repaired or rejected
     assert summary.by_status["rejected"] + summary.by_status["repaired"] > 0
 
