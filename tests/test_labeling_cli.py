@@ -180,7 +180,7 @@ def test_sigkill_mid_run_loses_no_stored_label_and_repeats_no_stored_call(tiny_f
         f"call_log={call_log}",
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.Popen([*command, "--option", "delay=0.05"], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*command, "--option", "delay=0.1"], env=env, stderr=subprocess.DEVNULL)
     _wait_for_labels(store, 15, proc)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL

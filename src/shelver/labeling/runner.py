@@ -135,16 +135,12 @@ class Labeler:
             self._decide(store, query)  # calls stored by a run killed before it could decide
         pending = [q for q, _ in store.pending(self.plan, self.config.limit)]
         summary = RunSummary(queries=len(pending))
-        total = sum(self._missing(store, q) for q in pending)
+        total = store.missing_calls(self.plan, self.config.limit)
         with tqdm(total=total, unit="call", disable=not progress, desc="labeling", dynamic_ncols=True) as bar:
             self._execute(store, pending, summary, bar)
         summary.seconds = time.perf_counter() - start
         _check_not_all_failed(summary, store)
         return summary
-
-    def _missing(self, store: LabelStore, query: str) -> int:
-        done = store.done_calls(query, [v.key for v in self.voters])
-        return sum(1 for v in self.voters for s in range(v.samples) if (v.key, s) not in done)
 
     def _execute(self, store: LabelStore, pending: list[str], summary: RunSummary, bar: Any) -> None:
         outstanding: dict[str, int] = {}
@@ -326,7 +322,7 @@ def retry_delay(attempt: int, backoff: float, retry_after: float | None) -> floa
     """The server's Retry-After when given, else ``backoff * 2**(attempt-1)`` with ±25% jitter, ≤ 60 s."""
     if retry_after is not None:
         return min(60.0, max(0.0, retry_after))
-    return min(60.0, backoff * 2 ** (attempt - 1)) * random.uniform(0.75, 1.25)
+    return min(60.0, backoff * 2 ** (attempt - 1) * random.uniform(0.75, 1.25))
 
 
 def _reason_kind(reason: str) -> str:

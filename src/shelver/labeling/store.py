@@ -118,10 +118,13 @@ class LabelStore:
                 "ON CONFLICT(query) DO UPDATE SET count = MAX(count, excluded.count)",
                 counted,
             )
+            # ranks through an indexed temp table: a correlated window subquery would be quadratic
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS ranks (query TEXT PRIMARY KEY, r INTEGER)")
+            self._db.execute("DELETE FROM ranks")
             self._db.execute(
-                "UPDATE queries SET rank = (SELECT r FROM (SELECT query AS q, ROW_NUMBER() OVER "
-                "(ORDER BY count DESC, query) AS r FROM queries) WHERE q = queries.query)"
+                "INSERT INTO ranks SELECT query, ROW_NUMBER() OVER (ORDER BY count DESC, rowid) FROM queries"
             )
+            self._db.execute("UPDATE queries SET rank = (SELECT r FROM ranks WHERE ranks.query = queries.query)")
             self._db.execute("COMMIT")
 
     def pending(self, plan: Sequence[tuple[str, int]], limit: int | None = None) -> list[tuple[str, int]]:
@@ -132,6 +135,14 @@ class LabelStore:
             f"SELECT q.query, q.count FROM {top} q WHERE {_done_calls(clause)} < ? ORDER BY q.rank",
             (*params, sum(n for _, n in plan)),
         )
+
+    def missing_calls(self, plan: Sequence[tuple[str, int]], limit: int | None = None) -> int:
+        """How many calls of ``plan`` are still to be made (the progress bar's total)."""
+        clause, params = _plan_clause(plan)
+        top = f"(SELECT * FROM queries ORDER BY rank LIMIT {int(limit)})" if limit else "queries"
+        need = sum(n for _, n in plan)
+        row = self._one(f"SELECT COALESCE(SUM(? - {_done_calls(clause)}), 0) FROM {top} q", (need, *params))
+        return int(row[0])
 
     def undecided(self, plan: Sequence[tuple[str, int]], limit: int | None = None) -> list[str]:
         """Queries whose calls are all in but whose label is missing or from another set of voters.
