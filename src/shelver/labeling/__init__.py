@@ -19,10 +19,10 @@ server.py      an OpenAI-compatible llama.cpp server for a GGUF (tests, local us
 from __future__ import annotations
 
 from shelver.labeling.backends import BACKENDS, Backend, Reply, Request, make_backend
+from shelver.labeling.config import LabelConfig, VoterSpec
 from shelver.labeling.export import export_frame, write_training_file
 from shelver.labeling.prompts import Prompt
 from shelver.labeling.querylog import normalize_query, read_query_log
-from shelver.labeling.config import LabelConfig, VoterSpec
 from shelver.labeling.runner import Labeler, RunSummary
 from shelver.labeling.shortlist import PathIndex
 from shelver.labeling.store import LabelStore

@@ -124,7 +124,7 @@ class LabelStore:
             self._db.execute(
                 "INSERT INTO ranks SELECT query, ROW_NUMBER() OVER (ORDER BY count DESC, rowid) FROM queries"
             )
-            self._db.execute("UPDATE queries SET rank = (SELECT r FROM ranks WHERE ranks.query = queries.query)")
+            self._db.execute("UPDATE queries SET rank = (SELECT r FROM ranks WHERE query = queries.query)")
             self._db.execute("COMMIT")
 
     def pending(self, plan: Sequence[tuple[str, int]], limit: int | None = None) -> list[tuple[str, int]]:
