@@ -139,5 +139,58 @@ def _evaluate_and_print(model, data, out: Path) -> None:
     click.echo(f"{data.origin}:\n{summary_table(evaluation.metrics)}\nreport: {out}/report.md")
 
 
+# ---- issue 7: production paths (export, serve, classify-batch) ----------------------------
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@click.option(
+    "--data",
+    "data_path",
+    type=existing_file,
+    help="Texts to check the export on (the validation split is best). Default: taxonomy names.",
+)
+@click.option("--text-column", default="text", show_default=True, help="Column holding the texts.")
+@click.option("--sample", default=2000, show_default=True, help="At most this many texts are checked.")
+@click.option(
+    "--min-agreement", default=0.995, show_default=True, help="Share of predictions ONNX must match."
+)
+@click.option("--quantize/--no-quantize", default=True, show_default=True, help="int8 weights (per channel).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def export(
+    model_dir: Path,
+    data_path: Path | None,
+    text_column: str,
+    sample: int,
+    min_agreement: float,
+    quantize: bool,
+    quiet: bool,
+) -> None:
+    """Add an ONNX encoder to --model, checked against PyTorch, for torch-free serving."""
+    from shelver.data import read_queries
+    from shelver.export import export_onnx
+
+    texts = read_queries(data_path, text_column) if data_path else None
+    result = export_onnx(
+        model_dir, texts, sample=sample, min_agreement=min_agreement, quantize=quantize, progress=not quiet
+    )
+    click.echo(
+        f"wrote {result.directory} ({result.size_bytes / 1e6:.1f} MB, {result.quantization}) "
+        f"in {result.seconds:.0f} s\n{result.check.describe()}",
+        err=True,
+    )
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, help="TCP port.")
+@click.option("--workers", default=1, show_default=True, help="Processes, each with its own model copy.")
+@click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
+def serve(model_dir: Path, host: str, port: int, workers: int, log_level: str) -> None:
+    """Serve --model over HTTP (POST /v1/classify); limits come from SHELVER_* variables."""
+    from shelver.service.server import run_server
+
+    run_server(model_dir, host, port, workers, log_level)
+
+
 if __name__ == "__main__":
     main()
