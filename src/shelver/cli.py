@@ -192,5 +192,59 @@ def serve(model_dir: Path, host: str, port: int, workers: int, log_level: str) -
     run_server(model_dir, host, port, workers, log_level)
 
 
+@main.command("classify-batch")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Parquet/CSV file, or a folder of partitions.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Parquet file to write (a folder of parts with --engine ray).",
+)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--text-column", default="text", show_default=True, help="Column holding the queries.")
+@click.option("--batch-rows", default=2048, show_default=True, help="Rows classified at a time.")
+@click.option("--ray-address", help="A Ray cluster's address (default: start Ray on this machine).")
+@click.option("--actors", type=int, help="Ray actors, each with its own model (default: one per CPU).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def classify_batch(
+    model_dir: Path,
+    input_path: Path,
+    output_path: Path,
+    engine: str,
+    text_column: str,
+    batch_rows: int,
+    ray_address: str | None,
+    actors: int | None,
+    quiet: bool,
+) -> None:
+    """Classify a table of queries into Parquet with decision columns, in input order."""
+    from shelver.batch import classify_batch as run
+
+    result = run(
+        model_dir,
+        input_path,
+        output_path,
+        engine=engine,
+        text_column=text_column,
+        batch_rows=batch_rows,
+        progress=not quiet,
+        ray_address=ray_address,
+        actors=actors,
+    )
+    click.echo(
+        f"classified {result.rows:,} rows in {result.seconds:.1f} s ({result.rows_per_second:,.0f} rows/s, "
+        f"{engine}) -> {result.output}",
+        err=True,
+    )
+
+
 if __name__ == "__main__":
     main()

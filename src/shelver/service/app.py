@@ -15,6 +15,7 @@ A client's mistake is a 4xx with a message, never a 500.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -74,8 +75,12 @@ def _on_sighup(slot: ModelSlot, metrics: ServiceMetrics) -> bool:
 
     tasks: set[asyncio.Task] = set()  # held so a running reload is not garbage-collected
 
+    async def reload_logged() -> None:
+        with contextlib.suppress(ReloadError):  # refused: logged and counted, the old model stays
+            await _reload_and_count(slot, metrics, None)
+
     def reload() -> None:
-        task = asyncio.ensure_future(_reload_and_count(slot, metrics, None))
+        task = asyncio.ensure_future(reload_logged())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
