@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[encoders,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[encoders,export,serve,batch,dev]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 venv: $(STAMP)
