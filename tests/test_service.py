@@ -197,6 +197,20 @@ def test_reload_under_load_never_fails_a_request(hashing_model_dir, tmp_path, ta
     assert "Traceback" not in log
 
 
+def test_a_stalled_body_gets_408(hashing_model_dir):
+    import socket
+
+    server = ServerProcess(hashing_model_dir, env={"SHELVER_BODY_TIMEOUT": "0.5"}).wait_ready()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock.sendall(head + b"Content-Length: 100\r\n\r\n" + b'{"query": "bo')
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 0.5 s" in answer
+    finally:
+        server.stop()
+
+
 def test_sighup_reloads_the_served_directory(hashing_model_dir):
     server = ServerProcess(hashing_model_dir).wait_ready()
     try:

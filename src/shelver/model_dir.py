@@ -113,11 +113,15 @@ def load_model(
     if taxonomy is not None:
         check_same_taxonomy(trained_on, taxonomy)
     params = dict(config["params"], encoder=_encoder_spec(root, config["encoder"]))
+    # the runtime encoder replaces the saved one before it is built: serving never needs torch's weights
+    runtime = None if encoder == "saved" else _runtime_encoder(root, manifest, config, encoder, threads)
+    if runtime is not None:
+        params["encoder"] = runtime
     model = HierarchicalClassifier(taxonomy=trained_on, **params)
     head_cls = HEADS[params["head"]]
     _restore(model, manifest, head_cls.from_arrays(trained_on, load_file(str(root / "heads.safetensors"))))
-    if encoder != "saved":
-        model.encoder_ = _runtime_encoder(root, manifest, config, encoder, threads)
+    if runtime is not None:
+        model.encoder_ = runtime
     return model
 
 
