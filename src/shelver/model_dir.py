@@ -10,9 +10,10 @@ MODEL_DIR/
   lexical.json       the TF-IDF vocabularies and options, when the model uses lexical features
   lexical.safetensors  their idf weights
   encoder/           a copy of a local (fine-tuned) encoder, when the encoder is not built in
+  onnx/              the encoder exported by 'shelver export' (listed under "exports" and hashed)
 ```
 Loading re-hashes every file and refuses a model whose files changed, or whose taxonomy is
-not the one the caller expects.
+not the one the caller expects. ``load_model(..., encoder="serving")`` loads without torch.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 HASHED_FILES = ("config.json", "taxonomy.json", "heads.safetensors", "calibration.json")
 LEXICAL_FILES = ("lexical.json", "lexical.safetensors")
+ONNX_DIR = "onnx"
+# which encoder a loaded model runs: as trained, the ONNX export, or whichever is torch-free
+ENCODER_CHOICES = ("saved", "onnx", "serving")
+TORCH_FREE_PREFIXES = ("hashing", "onnx:")
 
 
 def save_model(model: HierarchicalClassifier, path: str | Path) -> Path:
@@ -110,8 +115,15 @@ def _manifest(model: HierarchicalClassifier, out: Path, extra: tuple[str, ...] =
     }
 
 
-def load_model(path: str | Path, taxonomy: Taxonomy | None = None) -> HierarchicalClassifier:
-    """Read a model directory, checking file hashes and (if given) the expected taxonomy."""
+def load_model(
+    path: str | Path, taxonomy: Taxonomy | None = None, encoder: str = "saved", threads: int | None = None
+) -> HierarchicalClassifier:
+    """Read a model directory, checking file hashes and (if given) the expected taxonomy.
+
+    ``encoder``: ``"saved"`` runs the encoder the model was trained with; ``"onnx"`` its export
+    (``shelver export``); ``"serving"`` the export, or the saved encoder if that is torch-free
+    already, and never imports torch. ``threads`` limits onnxruntime's threads.
+    """
     from safetensors.numpy import load_file
 
     from shelver.classifier import HierarchicalClassifier
@@ -124,12 +136,18 @@ def load_model(path: str | Path, taxonomy: Taxonomy | None = None) -> Hierarchic
     if taxonomy is not None:
         check_same_taxonomy(trained_on, taxonomy)
     params = dict(config["params"], encoder=_encoder_spec(root, config["encoder"]))
+    # the runtime encoder replaces the saved one before it is built: serving never needs torch's weights
+    runtime = None if encoder == "saved" else _runtime_encoder(root, manifest, config, encoder, threads)
+    if runtime is not None:
+        params["encoder"] = runtime
     model = HierarchicalClassifier(taxonomy=trained_on, **params)
     head_cls = HEADS[params["head"]]
     _restore(
         model, manifest, head_cls.from_arrays(trained_on, load_file(str(root / "heads.safetensors"))), root
     )
     model.lexical_ = _load_lexical(root, params)
+    if runtime is not None:
+        model.encoder_ = runtime
     return model
 
 
@@ -143,6 +161,42 @@ def _load_lexical(root: Path, params: dict[str, Any]):
             f"{root} is incomplete: the model uses lexical features but lexical.json is missing"
         )
     return LexicalFeatures.load(root)
+
+
+def _runtime_encoder(
+    root: Path, manifest: dict[str, Any], config: dict[str, Any], choice: str, threads: int | None
+) -> Any:
+    """The exported encoder, uncached: a service sees unbounded distinct queries."""
+    from shelver.encoders import make_encoder
+
+    if choice not in ENCODER_CHOICES:
+        raise ModelDirError(f"unknown encoder choice {choice!r}; use one of {', '.join(ENCODER_CHOICES)}")
+    spec = config["encoder"]["spec"]
+    export = manifest.get("exports", {}).get("onnx")
+    if export is None and choice == "serving" and spec.startswith(TORCH_FREE_PREFIXES):
+        return make_encoder(spec)
+    if export is None:
+        raise ModelDirError(
+            f"{root} has no ONNX export of its encoder ({spec!r}), which serving needs to run "
+            f"without torch; create it with 'shelver export --model {root}'"
+        )
+    if export.get("source_fingerprint") != config["encoder"].get("fingerprint"):
+        raise ModelDirError(
+            f"the ONNX export in {root / ONNX_DIR} was made from another encoder than the model's "
+            f"(stale after retraining); run 'shelver export --model {root}' again"
+        )
+    return make_encoder(f"onnx:{root / ONNX_DIR}", threads=threads)
+
+
+def record_export(root: Path, name: str, files: list[str], info: dict[str, Any]) -> None:
+    """Add an export's files (hashed, so loading notices tampering) and figures to the manifest."""
+    manifest = read_manifest(root)
+    for file in files:
+        manifest["files"][file] = _sha256(root / file)
+    manifest.setdefault("exports", {})[name] = info
+    tmp = root / "manifest.json.tmp"
+    _write_json(tmp, manifest)
+    tmp.replace(root / "manifest.json")  # atomic: a reader sees the old or the new manifest
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Encoders turn texts into L2-normalised float32 vectors, behind one protocol.
 
 ``make_encoder("minilm")`` gives the default sentence-transformers model, offline;
-``make_encoder("hashing")`` a torch-free deterministic encoder for fast tests; any path to a
+``make_encoder("hashing")`` a torch-free deterministic encoder for fast tests;
+``make_encoder("onnx:DIR")`` the exported encoder of ``shelver export``, run by onnxruntime; any path to a
 sentence-transformers directory works too. ``CachedEncoder`` computes each text once.
 """
 

@@ -46,6 +46,7 @@ def resolve_model_path(name: str) -> str:
         return str(Path(name).resolve())
     raise ConfigError(
         f"unknown encoder {name!r}: use one of {', '.join(BUILTIN_NAMES)}, 'hashing:DIM', "
+        "'onnx:DIR' (an export), "
         "or the path of a sentence-transformers model directory (models are never downloaded)"
     )
 
@@ -58,6 +59,11 @@ def make_encoder(spec: str | Encoder, **options: object) -> Encoder:
         from shelver.encoders.hashing import HashingEncoder
 
         return HashingEncoder.from_spec(spec)
+    if spec.startswith("onnx:"):  # the export fixed the sequence length; threads and batch size remain
+        from shelver.encoders.onnx import OnnxEncoder
+
+        allowed = {k: v for k, v in options.items() if k in ("threads", "batch_size")}
+        return OnnxEncoder.from_spec(spec, **allowed)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from shelver.encoders.sentence import SentenceEncoder
 

@@ -1,0 +1,102 @@
+"""Open-loop HTTP load generator: N requests per second for S seconds, latency from the schedule.
+
+Runs in its own process (``python benchmarks/loadgen.py URL --rate 500 --seconds 60 --bodies F``)
+so the server is measured from outside. Each request is sent at its scheduled time on a
+keep-alive connection from a pool; latency is measured from the *scheduled* time, so a stalled
+server cannot hide queueing (no coordinated omission). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from urllib.parse import urlsplit
+
+import numpy as np
+
+
+async def _request(pool: asyncio.Queue, payload: bytes) -> int:
+    reader, writer = await pool.get()
+    try:
+        writer.write(payload)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        return status
+    finally:
+        pool.put_nowait((reader, writer))
+
+
+async def run(url: str, bodies: list[bytes], rate: float, seconds: float, connections: int) -> dict:
+    parts = urlsplit(url)
+    host, port, path = parts.hostname, parts.port, parts.path or "/v1/classify"
+    pool: asyncio.Queue = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await asyncio.open_connection(host, port))
+    template = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        "Content-Length: %d\r\n\r\n"
+    )
+    payloads = [(template % len(b)).encode() + b for b in bodies]
+    n = int(rate * seconds)
+    latencies = np.zeros(n)
+    statuses = np.zeros(n, dtype=np.int32)
+    start = time.perf_counter() + 0.1
+
+    async def one(i: int, scheduled: float) -> None:
+        try:
+            statuses[i] = await _request(pool, payloads[i % len(payloads)])
+        except Exception:
+            statuses[i] = -1
+        latencies[i] = time.perf_counter() - scheduled
+
+    tasks = []
+    for i in range(n):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    ok = latencies[statuses == 200] * 1e3
+    return {
+        "requests": n,
+        "ok": int((statuses == 200).sum()),
+        "errors": int((statuses != 200).sum()),
+        "achieved_rate": round(n / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ok, 50)), 3),
+        "p90_ms": round(float(np.percentile(ok, 90)), 3),
+        "p99_ms": round(float(np.percentile(ok, 99)), 3),
+        "max_ms": round(float(ok.max()), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("--bodies", required=True, help="JSON list of request bodies (objects)")
+    parser.add_argument("--rate", type=float, default=500)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    with open(args.bodies) as file:
+        bodies = [json.dumps(b).encode() for b in json.load(file)]
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(json.dumps(asyncio.run(run(args.url, bodies, args.rate, args.seconds, args.connections))))
+
+
+if __name__ == "__main__":
+    main()

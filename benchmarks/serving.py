@@ -1,0 +1,365 @@
+"""The production paths, measured side by side in one run: ONNX encoder vs full classify,
+in-process latency and throughput, HTTP under a steady load, start-up time, ONNX-vs-PyTorch
+accuracy, and ``classify-batch`` throughput (local engine vs Ray local mode).
+
+Usage (from the repo root), on a model trained and exported as the README shows:
+
+    shelver train --taxonomy examples/fashion/taxonomy.json --train examples/fashion/train.csv \\
+        --valid examples/fashion/valid.csv --out runs/fashion/model
+    shelver export --model runs/fashion/model --data examples/fashion/valid.csv
+    .venv/bin/python benchmarks/serving.py --model runs/fashion/model --data examples/fashion/test.csv
+
+Writes ``benchmarks/results/serving.json`` and ``serving.md``. Medians are quoted; every ratio
+compares figures measured in this same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from shelver.model_dir import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {"p50_ms": round(float(np.median(ms)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4)}
+
+
+# ---- in process ---------------------------------------------------------------------------
+def encoder_vs_classify(model_dir: Path, texts: list[str], n: int) -> dict:
+    """Batch 1, one onnxruntime thread (the service's setting), the two timed alternately."""
+    model = load_model(model_dir, encoder="serving", threads=1)
+    encoder = model.encoder_
+    for text in texts[:200]:  # warm-up: allocator, caches, branch predictors
+        model.classify([text])
+    enc, full = [], []
+    for text in (texts * (n // len(texts) + 1))[:n]:
+        t0 = time.perf_counter()
+        encoder.encode([text])
+        t1 = time.perf_counter()
+        model.classify([text])
+        t2 = time.perf_counter()
+        enc.append(t1 - t0)
+        full.append(t2 - t1)
+    e, f = percentiles(enc), percentiles(full)
+    return {"queries": n, "encoder_only": e, "classify": f, "ratio_p50": round(f["p50_ms"] / e["p50_ms"], 3)}
+
+
+def batch_throughput(model_dir: Path, texts: list[str], batch: int, rounds: int) -> dict:
+    """Queries per second at ``batch`` queries per call, onnxruntime on every core."""
+    model = load_model(model_dir, encoder="serving", threads=None)
+    batches = [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)]
+    model.classify(batches[0])
+    rates: dict[str, list[float]] = {"encoder_only": [], "classify": []}
+    for _ in range(rounds):  # alternating, so a burst of other load hits both alike
+        for name, fn in (("encoder_only", model.encoder_.encode), ("classify", model.classify)):
+            t0 = time.perf_counter()
+            for chunk in batches:
+                fn(chunk)
+            rates[name].append(len(batches) * batch / (time.perf_counter() - t0))
+    results = {name: round(float(np.median(values)), 1) for name, values in rates.items()}
+    return {"batch": batch, "queries_per_round": len(batches) * batch, "rounds": rounds, "q_per_s": results}
+
+
+def accuracy(model_dir: Path, frame: pd.DataFrame) -> dict:
+    """ONNX (int8) vs PyTorch on the test split: agreement, and accuracy against the labels."""
+    texts, gold = frame["text"].tolist(), frame[["category", "subcategory"]].to_numpy().astype(str)
+    torch_pred = load_model(model_dir).predict(texts)
+    onnx_pred = load_model(model_dir, encoder="serving").predict(texts)
+
+    def leaf_accuracy(p: np.ndarray) -> float:
+        return round(float((p == gold).all(axis=1).mean()), 4)
+
+    return {
+        "n": len(texts),
+        "agreement": round(float((torch_pred == onnx_pred).all(axis=1).mean()), 4),
+        "accuracy_pytorch": leaf_accuracy(torch_pred),
+        "accuracy_onnx": leaf_accuracy(onnx_pred),
+        "category_accuracy_pytorch": round(float((torch_pred[:, 0] == gold[:, 0]).mean()), 4),
+        "category_accuracy_onnx": round(float((onnx_pred[:, 0] == gold[:, 0]).mean()), 4),
+    }
+
+
+# ---- over HTTP ----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model_dir: Path) -> tuple[subprocess.Popen, int, float, float]:
+    """``shelver serve`` as users start it; returns (process, port, seconds to /readyz OK, CPU s)."""
+    port = free_port()
+    command = [
+        str(BIN / "shelver"),
+        "serve",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    t0 = time.perf_counter()
+    process = subprocess.Popen(command, env=ENV)
+    while process.poll() is None:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                break
+        except OSError:
+            time.sleep(0.002)
+    ready = time.perf_counter() - t0
+    stat = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return process, port, ready, cpu
+
+
+def startup(model_dir: Path, runs: int) -> dict:
+    times, cpus = [], []
+    for _ in range(runs):
+        process, _, ready, cpu = start_server(model_dir)
+        times.append(ready)
+        cpus.append(cpu)
+        process.terminate()
+        process.wait()
+    sklearn_cpu = _import_cpu("import sklearn.base")
+    return {
+        "runs": runs,
+        "ready_s_median": round(float(np.median(times)), 3),
+        "ready_s_all": [round(t, 3) for t in times],
+        "server_cpu_s_median": round(float(np.median(cpus)), 3),
+        "of_which_import_sklearn_cpu_s": sklearn_cpu,
+    }
+
+
+def _import_cpu(statement: str) -> float:
+    """CPU seconds a fresh interpreter spends on ``statement`` (less affected by other load)."""
+    code = f"import os,time;t=time.process_time();{statement};print(time.process_time()-t)"
+    return round(
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV).stdout), 3
+    )
+
+
+def http_load(model_dir: Path, texts: list[str], rate: float, seconds: float) -> dict:
+    process, port, _, _ = start_server(model_dir)
+    try:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
+            json.dump([{"query": t} for t in texts], file)
+        command = [
+            sys.executable,
+            str(ROOT / "benchmarks" / "loadgen.py"),
+            f"http://127.0.0.1:{port}/v1/classify",
+        ]
+        command += ["--bodies", file.name, "--rate", str(rate), "--seconds", str(seconds)]
+        result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        metrics = _get(port, "/metrics")
+    finally:
+        process.terminate()
+        process.wait()
+    result["server_5xx"] = sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("shelver_http_requests_total") and 'status="5' in line
+    )
+    return {"rate": rate, "seconds": seconds, **result}
+
+
+def _get(port: int, path: str) -> str:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", path)
+    return connection.getresponse().read().decode()
+
+
+# ---- classify-batch -----------------------------------------------------------------------
+MODIFIERS = [
+    "",
+    "red",
+    "blue",
+    "black",
+    "white",
+    "navy",
+    "green",
+    "pink",
+    "grey",
+    "brown",
+    "beige",
+    "small",
+    "large",
+    "cotton",
+    "leather",
+    "slim",
+    "kids",
+    "new",
+    "sale",
+    "2 pack",
+    "casual",
+    "formal",
+    "summer",
+    "winter",
+    "sports",
+    "classic",
+    "printed",
+    "striped",
+    "solid",
+    "party",
+]
+
+
+def make_rows(frame: pd.DataFrame, rows: int, path: Path) -> Path:
+    """``rows`` queries (titles with a modifier in front: almost all distinct) with an id column."""
+    titles = frame["text"].tolist()
+    ids = np.arange(rows)
+    texts = [
+        f"{MODIFIERS[(i // len(titles)) % len(MODIFIERS)]} {titles[i % len(titles)]}".strip() for i in ids
+    ]
+    pd.DataFrame({"id": ids, "text": texts}).to_parquet(path, row_group_size=65536)
+    return path
+
+
+def classify_batch_runs(model_dir: Path, frame: pd.DataFrame, rows: int, workdir: Path) -> dict:
+    source = make_rows(frame, rows, workdir / "queries.parquet")
+    out = {"rows": rows, "distinct_texts": int(pd.read_parquet(source, columns=["text"])["text"].nunique())}
+    for engine, target in (("local", workdir / "local.parquet"), ("ray", workdir / "ray")):
+        command = [str(BIN / "shelver"), "classify-batch", "--model", str(model_dir), "--input", str(source)]
+        command += ["--output", str(target), "--engine", engine, "--quiet"]
+        t0 = time.perf_counter()
+        subprocess.run(command, check=True, env=ENV)
+        seconds = time.perf_counter() - t0
+        result = pd.read_parquet(target, columns=["id"])
+        in_order = bool((result["id"].to_numpy() == np.arange(rows)).all())
+        out[engine] = {
+            "seconds": round(seconds, 1),
+            "rows_per_s": round(rows / seconds, 1),
+            "rows_out": len(result),
+            "same_order": in_order,
+        }
+    return out
+
+
+# ---- report ---------------------------------------------------------------------------
+# ruff: noqa: E501  (the table rows read best on one line each)
+def markdown(r: dict) -> str:
+    lat, thr, acc, up, web = r["in_process"], r["throughput"], r["accuracy"], r["startup"], r["http"]
+    enc, full, qps = lat["encoder_only"], lat["classify"], thr["q_per_s"]
+    rows = [
+        ("encoder-only (ONNX int8) p50 / p99, batch 1", f"{enc['p50_ms']:.3f} / {enc['p99_ms']:.3f} ms", ""),
+        (
+            "full classify p50 / p99, batch 1",
+            f"{full['p50_ms']:.3f} / {full['p99_ms']:.3f} ms",
+            "≤ 0.7 / ≤ 1.5 ms",
+        ),
+        ("full ÷ encoder-only (p50)", f"{lat['ratio_p50']:.2f}×", "≤ 1.3×"),
+        (
+            "throughput at batch 64: classify / encoder only",
+            f"{qps['classify']:,.0f} / {qps['encoder_only']:,.0f} q/s",
+            "≥ 2,500 q/s",
+        ),
+        (
+            f"HTTP p50 / p99 at {web['rate']:.0f} req/s for {web['seconds']:.0f} s",
+            f"{web['p50_ms']:.2f} / {web['p99_ms']:.2f} ms",
+            "p99 ≤ 10 ms",
+        ),
+        (
+            "HTTP failed requests / server 5xx",
+            f"{web['errors']} / {web['server_5xx']:.0f} of {web['requests']:,}",
+            "0",
+        ),
+        (f"start → /readyz OK (median of {up['runs']})", f"{up['ready_s_median']:.2f} s", "≤ 1.5 s"),
+        (
+            "… server CPU until ready / `import sklearn.base` alone",
+            f"{up['server_cpu_s_median']:.2f} / {up['of_which_import_sklearn_cpu_s']:.2f} s",
+            "",
+        ),
+        (f"ONNX vs PyTorch agreement, fashion test (n={acc['n']:,})", f"{acc['agreement']:.2%}", "≥ 99.5%"),
+        ("leaf accuracy PyTorch / ONNX", f"{acc['accuracy_pytorch']:.2%} / {acc['accuracy_onnx']:.2%}", ""),
+    ]
+    for engine in ("local", "ray") if "batch" in r else ():
+        b = r["batch"]
+        result = b[engine]
+        label = f"classify-batch {'local' if engine == 'local' else 'Ray local mode'}, {b['rows']:,} rows"
+        rows.append(
+            (
+                label,
+                f"{result['rows_per_s']:,.0f} rows/s ({result['seconds']:.0f} s; order kept: {result['same_order']})",
+                "",
+            )
+        )
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"Command: `{r['command']}`",
+        "",
+        f"Machine: {r['machine']}. {r['note']}",
+        "",
+    ]
+    lines += ["| measure | result | target |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=ROOT / "examples" / "fashion" / "test.csv")
+    parser.add_argument("--queries", type=int, default=3000, help="batch-1 timings of each kind")
+    parser.add_argument("--rate", type=float, default=500)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--batch-rows", type=int, default=1_000_000, help="0 skips classify-batch")
+    parser.add_argument("--rounds", type=int, default=5, help="throughput rounds of each kind")
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+    frame = pd.read_csv(args.data, dtype=str, keep_default_na=False)
+    texts = frame["text"].tolist()
+    results: dict = {
+        "command": " ".join(["python", *sys.argv]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "note": args.note,
+        "load_average_at_start": list(os.getloadavg()),
+    }
+    steps = [
+        ("in_process", lambda: encoder_vs_classify(args.model, texts, args.queries)),
+        ("throughput", lambda: batch_throughput(args.model, texts, 64, rounds=args.rounds)),
+        ("startup", lambda: startup(args.model, runs=5)),
+        ("http", lambda: http_load(args.model, texts, args.rate, args.seconds)),
+        ("accuracy", lambda: accuracy(args.model, frame)),
+    ]
+    if args.batch_rows:
+        workdir = Path(tempfile.mkdtemp(prefix="shelver-batch-"))
+        train = pd.read_csv(args.data.parent / "train.csv", dtype=str, keep_default_na=False)
+        steps.append(("batch", lambda: classify_batch_runs(args.model, train, args.batch_rows, workdir)))
+    for name, step in steps:
+        print(f"... {name}", file=sys.stderr, flush=True)
+        results[name] = step()
+        print(json.dumps(results[name]), file=sys.stderr, flush=True)
+    results["load_average_at_end"] = list(os.getloadavg())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "serving.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""An exported transformer encoder run by onnxruntime: the serving path, free of torch.
+
+The directory is what ``shelver export`` writes into a model directory (``MODEL/onnx``):
+
+```
+encoder.json     max_seq_length, dimension, input names, how it was exported
+model.onnx       token ids -> mean-pooled, L2-normalised embeddings (int8 weights by default)
+tokenizer.json   the tokenizer, read by the ``tokenizers`` package (Rust, no torch/transformers)
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shelver.errors import ConfigError, ModelDirError
+
+CONFIG_FILE = "encoder.json"
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+# Large enough to amortise onnxruntime's per-call cost, small enough that padding stays cheap.
+DEFAULT_BATCH_SIZE = 256
+
+
+class OnnxEncoder:
+    """Embeddings from ``model.onnx``; ``spec`` is ``"onnx:<directory>"``.
+
+    ``threads`` sets onnxruntime's intra-op threads (``None``: one per core). A service answering
+    one query at a time wants 1; a batch job on a dedicated machine wants every core.
+    """
+
+    def __init__(
+        self, directory: str | Path, threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> None:
+        self.directory = Path(directory)
+        self.spec = f"onnx:{self.directory}"
+        self.threads = threads
+        self.batch_size = batch_size
+        self.config = read_encoder_config(self.directory)
+        self._tokenizer = _load_tokenizer(self.directory, self.config)
+        self._session = _load_session(self.directory / MODEL_FILE, threads)
+        self._inputs = [i.name for i in self._session.get_inputs()]
+
+    @classmethod
+    def from_spec(cls, spec: str, **options: Any) -> OnnxEncoder:
+        _, _, directory = spec.partition(":")
+        if not directory:
+            raise ConfigError(f"an ONNX encoder spec is 'onnx:<directory>', got {spec!r}")
+        return cls(directory, **options)
+
+    @property
+    def dim(self) -> int:
+        return int(self.config["dim"])
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.config["max_seq_length"])
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        texts = [_encodable(t) for t in texts]
+        if len(texts) <= 1:  # the request path: no sorting, no batching
+            return self._run(texts) if texts else np.zeros((0, self.dim), dtype=np.float32)
+        # sorting by length keeps padding (wasted compute) small inside each batch
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), self.batch_size)
+        for start in _progress(starts, progress, len(texts), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            out[rows] = self._run([texts[i] for i in rows])
+        return out
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        encodings = (
+            self._tokenizer.encode_batch(texts) if len(texts) > 1 else [self._tokenizer.encode(texts[0])]
+        )
+        columns = {
+            "input_ids": [e.ids for e in encodings],
+            "attention_mask": [e.attention_mask for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings],
+        }
+        feed = {name: np.asarray(columns[name], dtype=np.int64) for name in self._inputs}
+        return self._session.run(None, feed)[0].astype(np.float32, copy=False)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the ONNX graph and the sequence length that shapes the embeddings."""
+        digest = hashlib.sha256(f"max_seq_length={self.max_seq_length}".encode())
+        digest.update((self.directory / MODEL_FILE).read_bytes())
+        return digest.hexdigest()
+
+
+def read_encoder_config(directory: Path) -> dict[str, Any]:
+    config_path = directory / CONFIG_FILE
+    missing = [n for n in (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE) if not (directory / n).is_file()]
+    if missing:
+        raise ModelDirError(
+            f"{directory} is not an ONNX encoder directory ({', '.join(missing)} missing); "
+            "create it with 'shelver export --model MODEL_DIR'"
+        )
+    return json.loads(config_path.read_text())
+
+
+def _load_tokenizer(directory: Path, config: dict[str, Any]) -> Any:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+    tokenizer.enable_truncation(max_length=int(config["max_seq_length"]))
+    tokenizer.enable_padding(pad_id=int(config["pad_id"]), pad_token=config["pad_token"])
+    return tokenizer
+
+
+def _load_session(path: Path, threads: int | None) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError("the ONNX encoder needs onnxruntime: pip install 'shelver[serve]'") from None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    # idle worker threads spin by default, burning CPU that the web server or other jobs need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _encodable(text: str) -> str:
+    """Lone UTF-16 surrogates (possible in JSON strings) cannot reach the Rust tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _progress(starts: range, progress: bool, total: int, step: int):
+    if not progress or total <= step:
+        return starts
+    from tqdm.auto import tqdm
+
+    return tqdm(starts, desc="encoding (onnx)", unit="batch", leave=False)

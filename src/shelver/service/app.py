@@ -1,0 +1,195 @@
+"""The HTTP service: ``create_app(settings)`` builds a FastAPI app serving one model directory.
+
+```
+POST /v1/classify   {"query": "..."} -> one prediction; {"queries": [...]} -> {"predictions": [...]}
+GET  /v1/model      taxonomy, version, thresholds, training fingerprint, export figures
+GET  /healthz       the process is alive
+GET  /readyz        a model is loaded and answering
+GET  /metrics       Prometheus
+POST /admin/reload  {"model": DIR} or {}: swap in a model directory; a broken one is refused
+```
+The model is loaded once, in ``lifespan`` (or handed in already loaded); SIGHUP reloads it.
+A client's mistake is a 4xx with a message, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from pydantic import BaseModel, ValidationError
+
+from shelver import __version__
+from shelver.service.guard import GuardMiddleware
+from shelver.service.metrics import ServiceMetrics
+from shelver.service.schemas import ReloadRequest, classify_request_model
+from shelver.service.settings import Settings, get_settings
+from shelver.service.slot import ModelSlot, ReloadError, Served
+
+log = logging.getLogger("shelver.service")
+
+
+def create_app(settings: Settings | None = None, served: Served | None = None) -> FastAPI:
+    """The app for ``settings`` (default: from ``SHELVER_*``); ``served`` skips loading at start."""
+    settings = settings or get_settings()
+    slot, metrics = ModelSlot(settings), ServiceMetrics()
+    slot.current = served
+    app = FastAPI(
+        title="shelver",
+        version=__version__,
+        summary="Put every search query on the right shelf of a taxonomy, or abstain.",
+        lifespan=_lifespan(slot, metrics),
+    )
+    app.state.settings, app.state.slot, app.state.metrics = settings, slot, metrics
+    app.add_middleware(GuardMiddleware, settings=settings, metrics=metrics)
+    _add_classify(app, slot, metrics, classify_request_model(settings.max_query_chars, settings.max_batch))
+    _add_probes(app, slot, metrics)
+    _add_admin(app, slot, metrics, settings)
+    return app
+
+
+def _lifespan(slot: ModelSlot, metrics: ServiceMetrics):
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if slot.current is None:
+            slot.current = slot.load(slot.settings.model)
+        metrics.serving(slot.current.version)
+        hup = _on_sighup(slot, metrics)
+        yield
+        if hup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        slot.close()
+
+    return lifespan
+
+
+def _on_sighup(slot: ModelSlot, metrics: ServiceMetrics) -> bool:
+    """SIGHUP reloads the served directory, like most daemons; False where signals cannot be had."""
+
+    tasks: set[asyncio.Task] = set()  # held so a running reload is not garbage-collected
+
+    async def reload_logged() -> None:
+        with contextlib.suppress(ReloadError):  # refused: logged and counted, the old model stays
+            await _reload_and_count(slot, metrics, None)
+
+    def reload() -> None:
+        task = asyncio.ensure_future(reload_logged())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests), or Windows
+        return False
+    return True
+
+
+async def _reload_and_count(slot: ModelSlot, metrics: ServiceMetrics, path: str | None) -> Served:
+    try:
+        new, old = await slot.reload(path)
+    except ReloadError as err:
+        metrics.reloads.labels("refused").inc()
+        log.error("reload refused, still serving the previous model: %s", err)
+        raise
+    metrics.reloads.labels("ok").inc()
+    metrics.serving(new.version, old.version if old else None)
+    return new
+
+
+# ---- routes -----------------------------------------------------------------------------
+def _add_classify(app: FastAPI, slot: ModelSlot, metrics: ServiceMetrics, schema: type[BaseModel]) -> None:
+    body_doc = {"content": {"application/json": {"schema": schema.model_json_schema()}}, "required": True}
+
+    @app.post("/v1/classify", openapi_extra={"requestBody": body_doc}, response_class=Response)
+    async def classify(request: Request) -> Response:
+        """Classify one query or a batch; each answer is what ``shelver predict`` prints."""
+        served = slot.current  # held to the end: a reload never swaps the model mid-request
+        parsed = _parse(schema, await request.body())
+        if isinstance(parsed, Response):
+            return parsed
+        try:
+            predictions = await slot.classify(served, parsed.texts())  # type: ignore[arg-type]
+        except TimeoutError:
+            return _error(
+                503,
+                f"classification took longer than {slot.settings.request_timeout:g} s; "
+                "retry, or send fewer queries per request",
+            )
+        metrics.observe_predictions(predictions)
+        payload = predictions[0] if parsed.query is not None else {"predictions": predictions}  # type: ignore[attr-defined]
+        return _json(payload, headers={"x-shelver-model": served.version})  # type: ignore[union-attr]
+
+    @app.get("/v1/model")
+    async def model_info() -> Response:
+        """The served model: taxonomy, version, thresholds, training fingerprint."""
+        return _json(slot.current.info)  # type: ignore[union-attr]
+
+
+def _add_probes(app: FastAPI, slot: ModelSlot, metrics: ServiceMetrics) -> None:
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up (liveness)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """A model is loaded and answers (readiness)."""
+        if slot.current is None:
+            return _error(503, "no model loaded yet")
+        return _json({"status": "ready", "version": slot.current.version})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus text format."""
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+
+def _add_admin(app: FastAPI, slot: ModelSlot, metrics: ServiceMetrics, settings: Settings) -> None:
+    body_doc = {"content": {"application/json": {"schema": ReloadRequest.model_json_schema()}}}
+
+    @app.post("/admin/reload", openapi_extra={"requestBody": body_doc}, response_class=Response)
+    async def reload(request: Request) -> Response:
+        """Swap in a model directory atomically; a broken one is refused and the old one kept."""
+        if settings.admin_token and request.headers.get("authorization") != f"Bearer {settings.admin_token}":
+            return _error(401, "admin endpoints need 'Authorization: Bearer <SHELVER_ADMIN_TOKEN>'")
+        parsed = _parse(ReloadRequest, await request.body() or b"{}")
+        if isinstance(parsed, Response):
+            return parsed
+        previous = slot.current.version if slot.current else None
+        try:
+            new = await _reload_and_count(slot, metrics, parsed.model)  # type: ignore[attr-defined]
+        except ReloadError as err:
+            return _error(422, f"reload refused, still serving version {previous}: {err}")
+        return _json(
+            {"reloaded": True, "version": new.version, "previous": previous, "model_dir": str(new.path)}
+        )
+
+
+# ---- helpers ----------------------------------------------------------------------------
+def _parse(schema: type[BaseModel], body: bytes) -> BaseModel | Response:
+    """Validate a JSON body; any mistake is a 422 naming the first problem."""
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as err:
+        errors = err.errors(include_url=False, include_context=False, include_input=False)
+        first = errors[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        message = first["msg"].removeprefix("Value error, ")
+        return _error(422, f"{where}: {message}", errors=errors)
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(status: int, detail: str, **extra: Any) -> Response:
+    return _json({"detail": detail, **extra}, status=status)

@@ -1,0 +1,35 @@
+"""``shelver serve``: uvicorn in front of ``create_app``, with one process or several workers."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from shelver.service.settings import get_settings
+from shelver.service.slot import load_served
+
+
+def run_server(model: Path, host: str, port: int, workers: int, log_level: str = "info") -> None:
+    """Serve ``model``; its errors surface before the port opens, as one line from the CLI."""
+    import uvicorn
+
+    os.environ["SHELVER_MODEL"] = str(model)  # the other SHELVER_* settings come from the environment
+    settings = get_settings()
+    served = load_served(settings.model, settings.threads)
+    options = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": False,
+        "timeout_keep_alive": 30,
+    }
+    if workers <= 1:
+        from shelver.service.app import create_app
+
+        uvicorn.run(create_app(settings, served), **options)
+        return
+    # each worker loads the model itself; their metrics are summed through files in this folder
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="shelver-metrics-"))
+    del served
+    uvicorn.run("shelver.service.app:create_app", factory=True, workers=workers, **options)

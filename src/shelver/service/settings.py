@@ -1,0 +1,68 @@
+"""The service's settings, read from ``SHELVER_*`` environment variables.
+
+``get_settings()`` reads the process environment; tests pass their own mapping, or build
+``Settings(...)`` directly and hand it to ``create_app``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from shelver.errors import ConfigError
+
+PREFIX = "SHELVER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # the model directory served (SHELVER_MODEL); it needs an ONNX export or a torch-free encoder
+    model: Path
+    # queries are a few words; anything longer is a document pasted by mistake (422)
+    max_query_chars: int = 512
+    # one request classifies at most this many queries (422), bounding its CPU time
+    max_batch: int = 256
+    # bytes per request body (413): max_batch queries of max_query_chars fit comfortably
+    max_body_bytes: int = 1_000_000
+    # seconds a classification may take before the client gets 503 instead of waiting on
+    request_timeout: float = 5.0
+    # seconds to receive a request body (408): a stalled client cannot hold a connection
+    body_timeout: float = 10.0
+    # onnxruntime threads per call: one query is fastest on one thread, and calls run side by side
+    threads: int = 1
+    # classifications running at once in this process (a thread each)
+    concurrency: int = 2
+    # when set, /admin/* needs 'Authorization: Bearer <token>'
+    admin_token: str | None = None
+
+
+def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """``Settings`` from ``SHELVER_<NAME>`` variables (``SHELVER_MODEL``, ``SHELVER_MAX_BATCH``...)."""
+    env = os.environ if environ is None else environ
+    if not env.get(f"{PREFIX}MODEL"):
+        raise ConfigError(
+            "the service needs a model directory: set SHELVER_MODEL=DIR (or run 'shelver serve --model DIR')"
+        )
+    values: dict[str, object] = {}
+    for spec in fields(Settings):
+        raw = env.get(PREFIX + spec.name.upper())
+        if raw is not None and raw != "":
+            values[spec.name] = _parse(spec.name, str(spec.type), raw)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _parse(name: str, kind: str, raw: str) -> object:
+    variable = PREFIX + name.upper()
+    if kind == "Path":
+        return Path(raw)
+    if kind.startswith("str"):
+        return raw
+    try:
+        value = float(raw) if kind == "float" else int(raw)
+    except ValueError:
+        raise ConfigError(f"{variable} must be a {kind} number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{variable} must be positive, got {raw!r}")
+    return value

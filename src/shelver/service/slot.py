@@ -1,0 +1,116 @@
+"""The model being served, and how it is swapped for another without failing a request.
+
+A request reads ``slot.current`` once and keeps that ``Served`` object until it answers, so a
+reload that replaces ``current`` (one reference assignment) never changes a model under a
+running request. A new model is loaded and tried on a query before it replaces the old one; if
+anything fails the old model stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shelver.errors import ShelverError
+from shelver.service.settings import Settings
+
+log = logging.getLogger("shelver.service")
+SMOKE_QUERY = "shelver readiness check"
+
+
+class ReloadError(ShelverError, ValueError):
+    """A model directory could not be loaded to replace the served one."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """A loaded model with what ``/v1/model`` tells about it."""
+
+    model: Any
+    path: Path
+    version: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelSlot:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.current: Served | None = None
+        self.executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="classify")
+        self._reloading: asyncio.Lock | None = None
+
+    def load(self, path: str | Path) -> Served:
+        return load_served(path, self.settings.threads)
+
+    async def classify(self, served: Served, texts: list[str]) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self.executor, _classify, served.model, texts)
+        return await asyncio.wait_for(work, self.settings.request_timeout)
+
+    async def reload(self, path: str | Path | None = None) -> tuple[Served, Served | None]:
+        """Swap in ``path`` (default: the served directory, read again); return (new, old)."""
+        self._reloading = self._reloading or asyncio.Lock()
+        async with self._reloading:  # two reloads at once would race on which one wins
+            old = self.current
+            target = Path(path) if path else (old.path if old else self.settings.model)
+            try:
+                new = await asyncio.to_thread(self.load, target)
+            except Exception as err:  # any failure keeps the old model: a broken one is refused
+                reason = str(err) if isinstance(err, ShelverError) else f"{type(err).__name__}: {err}"
+                raise ReloadError(f"cannot load {target}: {reason}") from None
+            self.current = new
+            log.info("serving %s (version %s)", new.path, new.version)
+            return new, old
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def load_served(path: str | Path, threads: int | None = 1) -> Served:
+    """Load, check on one query, and describe a model directory (not yet served)."""
+    from shelver.model_dir import load_model
+
+    root = Path(path)
+    model = load_model(root, encoder="serving", threads=threads)
+    model.classify([SMOKE_QUERY])[0].to_dict()  # a model that cannot answer is not swapped in
+    return Served(model, root, model_version(root), describe(model, root))
+
+
+def _classify(model: Any, texts: list[str]) -> list[dict[str, Any]]:
+    return [p.to_dict() for p in model.classify(texts)]
+
+
+def model_version(root: Path) -> str:
+    """A short id that changes whenever any file of the model changes (the manifest hashes them)."""
+    return hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()[:16]
+
+
+def describe(model: Any, root: Path) -> dict[str, Any]:
+    manifest = json.loads((root / "manifest.json").read_text())
+    params = json.loads((root / "config.json").read_text())["params"]
+    taxonomy = model.taxonomy_
+    return {
+        "version": model_version(root),
+        "model_dir": str(root),
+        "created": manifest.get("created"),
+        "shelver_version": manifest.get("shelver_version"),
+        "taxonomy": {"name": taxonomy.name, "hash": taxonomy.hash, **taxonomy.to_dict()},
+        "training": {k: manifest["training"].get(k) for k in ("n", "fingerprint")},
+        "head": params.get("head"),
+        "encoder": {"trained_with": params.get("encoder"), "serving": model.encoder_.spec.split(":")[0]},
+        "export": manifest.get("exports", {}).get("onnx"),
+        "thresholds": _thresholds(params, manifest),
+    }
+
+
+def _thresholds(params: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Decision thresholds, wherever the model keeps them (estimator parameters or the manifest)."""
+    found = {k: v for k, v in params.items() if "threshold" in k and v is not None}
+    found.update(manifest.get("thresholds") or {})
+    return found or None
