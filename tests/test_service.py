@@ -62,7 +62,7 @@ def test_model_info_probes_and_metrics(client, taxonomy):
     metrics = client.get("/metrics").text
     assert 'shelver_http_requests_total{method="POST",route="/v1/classify",status="200"}' in metrics
     assert "shelver_http_request_duration_seconds_bucket" in metrics
-    assert 'shelver_decisions_total{decision="path"}' in metrics
+    assert 'shelver_decisions_total{decision="full"}' in metrics
     assert float(_metric(metrics, "shelver_queries_total")) >= 2
 
 

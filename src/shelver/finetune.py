@@ -390,6 +390,7 @@ def end_to_end_model(
     model.train_counts_ = np.bincount(leaves, minlength=len(taxonomy))
     model.train_fingerprint_ = _fingerprint(train.texts, train.y)
     model.classes_ = [np.array(taxonomy.categories), np.array([" > ".join(p) for p in taxonomy.paths])]
+    model._init_decisions()  # identity calibration until calibrate() sees a validation split
     return model
 
 

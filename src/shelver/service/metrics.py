@@ -81,7 +81,7 @@ class ServiceMetrics:
         counts: dict[str, int] = {}
         for p in predictions:
             decision = p.get("decision")
-            key = decision[:32] if isinstance(decision, str) else "path"
+            key = decision[:32] if isinstance(decision, str) else "full"
             counts[key] = counts.get(key, 0) + 1
         for decision, n in counts.items():
             self.decisions.labels(decision).inc(n)
