@@ -101,3 +101,16 @@ def test_per_group_head_fused_product_equals_one_model_per_group(taxonomy, tiny_
     expected = _fill_unseen(within, head.leaf_category, taxonomy) * P1[:, head.leaf_category]
     np.testing.assert_allclose(P2, expected, atol=1e-6)
     np.testing.assert_allclose(P2.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_leaf_sum_router_is_a_distribution_and_round_trips(taxonomy, tiny_xy, tiny_frames, tmp_path):
+    texts, y = tiny_xy
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", router="leaves").fit(texts, y)
+    test = tiny_frames["test"]["text"].tolist()
+    P1, P2 = model.predict_proba(test)
+    np.testing.assert_allclose(P1.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(model.head_.category_sums(P2), P1, atol=1e-5)
+    model.save(tmp_path / "m")
+    np.testing.assert_array_equal(load_model(tmp_path / "m").predict(test), model.predict(test))
+    with pytest.raises(ConfigError, match="unknown router 'tree'; choose one of categories, leaves"):
+        HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", router="tree").fit(texts, y)

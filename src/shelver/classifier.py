@@ -44,6 +44,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         ``Encoder`` instance (shared instances share their embedding cache).
     encoder_options : keyword options for the encoder (``max_seq_length``, ``batch_size``).
     head : ``"per_group"`` (default), ``"masked"`` or ``"flat"``.
+    router : how ``per_group`` scores categories: ``"categories"``, a softmax over categories,
+        or ``"leaves"``, a softmax over subcategories summed per category (stronger where a
+        category gathers unlike children).
     C, class_weight, max_iter : passed to every logistic-regression head.
     random_state : seed of every fitted component.
     progress : show progress bars while encoding and fitting.
@@ -65,6 +68,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         encoder: str | Encoder = "minilm",
         encoder_options: dict[str, Any] | None = None,
         head: str = "per_group",
+        router: str = "categories",
         C: float = 10.0,
         class_weight: str | None = None,
         max_iter: int = 300,
@@ -80,6 +84,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         self.encoder = encoder
         self.encoder_options = encoder_options
         self.head = head
+        self.router = router
         self.C = C
         self.class_weight = class_weight
         self.max_iter = max_iter
@@ -136,7 +141,11 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     def _options(self) -> LinearOptions:
         return LinearOptions(
-            C=self.C, class_weight=self.class_weight, max_iter=self.max_iter, random_state=self.random_state
+            C=self.C,
+            class_weight=self.class_weight,
+            max_iter=self.max_iter,
+            random_state=self.random_state,
+            router=self.router,
         )
 
     # ---- predicting ---------------------------------------------------------------------

