@@ -61,6 +61,8 @@ class HeadConfig:
     class_weight: str | None = None
     # lbfgs converges within this on embeddings; raise it if sklearn warns
     max_iter: int = 300
+    # per_group's router; "leaves" sums a subcategory softmax per category (see heads.LeafSumRouter)
+    router: str = "categories"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ def build_model(config: TrainConfig, taxonomy: Taxonomy, progress: bool = True) 
         encoder=config.encoder.name,
         encoder_options=encoder_options,
         head=config.head.kind,
+        router=config.head.router,
         C=config.head.C,
         class_weight=config.head.class_weight,
         max_iter=config.head.max_iter,
