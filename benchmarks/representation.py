@@ -33,7 +33,7 @@ from shelver.taxonomy import Taxonomy
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "representation"
 # fine-tuning budget per encoder: the cores are shared, so a wall-clock cap, not epochs
-FINETUNE_BUDGET_S = float(os.environ.get("SHELVER_BENCH_FINETUNE_S", "420"))
+FINETUNE_BUDGET_S = float(os.environ.get("SHELVER_BENCH_FINETUNE_S", "600"))
 LATENCY_QUERIES = 50
 
 
@@ -380,6 +380,7 @@ COLUMNS = ("l1_accuracy", "l2_accuracy", "l2_macro_f1", "tail_macro_f1", "train_
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# {NAME}", "", f"Command: `{results['command']}`", "", results["note"], ""]
+    lines += [*results.get("findings", []), ""]
     for dataset, rows in results["datasets"].items():
         lines += [f"## {dataset} (test split)", "", "| configuration | " + " | ".join(COLUMNS) + " |"]
         lines.append("|---" * (len(COLUMNS) + 1) + "|")
@@ -393,6 +394,14 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+COMMAND = (
+    "SHELVER_BENCH_FINETUNE_S=600 nice python benchmarks/representation.py finetune grocery "
+    "(stopped once the grocery classification encoder was saved); "
+    "nice python benchmarks/representation_valid.py fashion; "
+    "SHELVER_BENCH_SKIP=SetFit nice python benchmarks/representation.py evaluate fashion grocery "
+    "(grocery rows split over processes with SHELVER_BENCH_ONLY / SHELVER_BENCH_SKIP); "
+    "python benchmarks/representation.py report"
+)
 NOTE = (
     "Train on train, early-stop on valid, report on test. train_s = fine-tuning (wall-clock budgeted) "
     "+ head fitting on cached embeddings (embedding the training set is not counted, it is the same for "
@@ -410,9 +419,17 @@ def main(argv: list[str]) -> None:
                 finetune_stage(dataset, objective)
         return
     results = read_results()
-    results["command"] = "nice python benchmarks/representation.py finetune fashion grocery && " + (
-        "nice python benchmarks/representation.py evaluate fashion grocery"
-    )
+    results["command"] = COMMAND
+    if stage == "report":  # re-render the Markdown (and findings) from what is stored
+        findings = Path(__file__).resolve().parent / "results" / f"{NAME}_findings.md"
+        results["findings"] = findings.read_text().splitlines() if findings.is_file() else []
+        results["finetune_budget_s"] = FINETUNE_BUDGET_S
+        results["finetune_runs"] = {
+            f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())
+            for p in sorted(CACHE.glob("*/ft-*/shelver_finetune.json"))
+        }
+        write(results)
+        return
     results["note"] = NOTE
     results["finetune_budget_s"] = FINETUNE_BUDGET_S
     for dataset in datasets:
