@@ -237,13 +237,16 @@ def main() -> None:
     kept from the previous run, so sections can run one at a time on a busy machine."""
     only = [a for a in sys.argv[1:] if a in SECTIONS] or list(SECTIONS)
     path = RESULTS / "abstention.json"
+    fresh = {}
+    for name in only:
+        fresh[name] = multi_label() if name == "multi_label" else single_label(name)
+        fresh[name]["git_commit"] = _commit()
+    # read the previous results only now: another section may have finished meanwhile
     results = json.loads(path.read_text()) if path.is_file() else {}
     results.update({"command": COMMAND + " [fashion grocery multi_label]", "encoder": "minilm (frozen)"})
     results["head"] = "per_group"
     sections = results.setdefault("sections", {})
-    for name in only:
-        sections[name] = multi_label() if name == "multi_label" else single_label(name)
-        sections[name]["git_commit"] = _commit()
+    sections.update(fresh)
     results["single_label"] = [sections[n] for n in ("fashion", "grocery") if n in sections]
     results["multi_label"] = sections.get("multi_label", {})
     RESULTS.mkdir(parents=True, exist_ok=True)
