@@ -571,10 +571,6 @@ def classify_batch(
     )
 
 
-if __name__ == "__main__":
-    main()
-
-
 # ---- issue 8: cold start (bootstrap) ------------------------------------------------------------
 @main.command()
 @click.option(
@@ -653,3 +649,7 @@ def _label_overrides(
     if options:
         extra.append(f"label.options={json.dumps(list(options))}")
     return tuple(extra)
+
+
+if __name__ == "__main__":
+    main()
