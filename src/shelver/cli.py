@@ -242,7 +242,6 @@ def finetune(
         click.echo(f"saved end-to-end model to {e2e_out}", err=True)
 
 
-
 # ---- issue 5: label raw search logs (LLM, validated against the taxonomy) ----------------------
 @main.command()
 @click.option(
@@ -570,6 +569,86 @@ def classify_batch(
         f"{engine}) -> {result.output}",
         err=True,
     )
+
+
+# ---- issue 8: cold start (bootstrap) ------------------------------------------------------------
+@main.command()
+@click.option(
+    "--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt)."
+)
+@click.option(
+    "--log",
+    "log_path",
+    required=True,
+    type=existing_file,
+    help="Unlabeled search log ('text', optional 'count').",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option(
+    "--config", "config_path", type=existing_file, help="TOML: [label] [select] [train] [export] [review]."
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override, e.g. select.min_confidence=0.6."
+)
+@click.option(
+    "--labeled-sample",
+    "sample_path",
+    type=existing_file,
+    help="Real queries with labels: scored beside the LLM labels.",
+)
+@click.option(
+    "--from", "start_from", help="Re-run from this stage (label, select, train, evaluate, export, review)."
+)
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    metavar="NAME[=MODEL]",
+    help="Labeling backend(s), as 'shelver label'.",
+)
+@click.option("--model", help="Model of the LLM backend(s), as 'shelver label --model'.")
+@click.option("--base-url", help="openai backend: the endpoint.")
+@click.option("--option", "options", multiple=True, metavar="[BACKEND.]KEY=VALUE", help="Backend option.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def bootstrap(
+    taxonomy_path: Path,
+    log_path: Path,
+    out: Path,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    sample_path: Path | None,
+    start_from: str | None,
+    backends: tuple[str, ...],
+    model: str | None,
+    base_url: str | None,
+    options: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Label a raw log, train, calibrate, evaluate, export and list queries to review; resumable."""
+    from shelver.pipeline import RunContext, load_bootstrap_config, run_pipeline
+
+    config = load_bootstrap_config(
+        config_path, overrides + _label_overrides(backends, model, base_url, options)
+    )
+    ctx = RunContext(taxonomy_path, log_path, out, config, sample_path, progress=not quiet)
+    run_pipeline(ctx, start_from, echo=lambda line: click.echo(line, err=True))
+    click.echo((out / "evaluate" / "report.md").read_text())
+    click.echo(f"model: {out}/export/model; queries to review: {out}/review/review.csv", err=True)
+
+
+def _label_overrides(
+    backends: tuple[str, ...], model: str | None, base_url: str | None, options: tuple[str, ...]
+) -> tuple[str, ...]:
+    extra = []
+    if backends:
+        extra.append(f"label.backends={json.dumps(list(backends))}")
+    if model:
+        extra.append(f"label.model={json.dumps(model)}")
+    if base_url:
+        extra.append(f"label.base_url={json.dumps(base_url)}")
+    if options:
+        extra.append(f"label.options={json.dumps(list(options))}")
+    return tuple(extra)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""The cold-start pipeline: stages, hashes, skipping, --from, kills mid-stage, the review loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, make_rows
+
+from shelver.errors import ConfigError
+from shelver.pipeline import RunContext, load_bootstrap_config, read_manifest, run_pipeline
+
+FAST = ("label.encoder=hashing", "train.encoder.name=hashing", "select.min_confidence=0.0")
+RESULTS = ("select/train.csv", "select/valid.csv", "evaluate/comparison.json", "review/review.csv")
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path, tiny_files: dict[str, Path]) -> dict[str, Path]:
+    log = tmp_path / "log.csv"
+    make_rows(14, 0)[["text"]].to_csv(log, index=False)  # the labels removed: a raw log
+    return {"taxonomy": tiny_files["taxonomy"], "log": log, "sample": tiny_files["test"]}
+
+
+def _run(
+    inputs: dict[str, Path], out: Path, *overrides: str, start_from: str | None = None
+) -> dict[str, str]:
+    config = load_bootstrap_config(None, FAST + overrides)
+    ctx = RunContext(inputs["taxonomy"], inputs["log"], out, config, inputs["sample"], progress=False)
+    return {r.name: r.status for r in run_pipeline(ctx, start_from, echo=lambda line: None)}
+
+
+def _results(out: Path) -> dict[str, str]:
+    return {name: (out / name).read_text() for name in RESULTS}
+
+
+def test_embedding_run_writes_every_stage_then_skips_them_all(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    first = _run(inputs, out)
+    assert first == {
+        "label": "ran", "select": "ran", "synthesize": "unavailable", "train": "ran",
+        "evaluate": "ran", "export": "ran", "review": "ran",
+    }  # fmt: skip
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["config"]["train"]["encoder"]["name"] == "hashing"
+    assert resolved["config"]["train"]["decision"]["target_precision"] == 0.9
+    for stage in ("label", "select", "train", "evaluate", "export", "review"):
+        assert read_manifest(out / stage)["hash"], stage
+    table = json.loads((out / "evaluate" / "comparison.json").read_text())
+    assert set(table["n"]) == {"llm_heldout", "real_sample"}
+    row = next(r for r in table["rows"] if r["metric"] == "L1 accuracy")
+    assert row["gap"] == pytest.approx(row["real_sample"] - row["llm_heldout"])
+    assert "gap (real - LLM)" in (out / "evaluate" / "report.md").read_text()
+    before = {s: read_manifest(out / s)["finished_at"] for s in ("label", "train", "review")}
+    second = _run(inputs, out)
+    assert {s for s, status in second.items() if status == "ran"} == set()
+    assert {s: read_manifest(out / s)["finished_at"] for s in before} == before
+
+
+def test_sample_queries_never_train_and_split_is_by_text(inputs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _run(inputs, out)
+    train = pd.read_csv(out / "select" / "train.csv")
+    valid = pd.read_csv(out / "select" / "valid.csv")
+    sample = set(pd.read_csv(inputs["sample"])["text"].str.lower())
+    assert not (set(train["text"]) | set(valid["text"])) & sample
+    assert not set(train["text"]) & set(valid["text"])
+    assert len(valid) > 0 and len(train) > 3 * len(valid) / 2
+
+
+def test_changed_config_reruns_that_stage_and_every_later_one(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    _run(inputs, out)
+    statuses = _run(inputs, out, "train.head.C=0.5")
+    assert [s for s, v in statuses.items() if v == "ran"] == ["train", "evaluate", "export", "review"]
+    statuses = _run(inputs, out, "train.head.C=0.5", "select.valid_fraction=0.3")
+    assert [s for s, v in statuses.items() if v == "ran"] == [
+        "select",
+        "train",
+        "evaluate",
+        "export",
+        "review",
+    ]
+
+
+def test_from_forces_a_restart_from_that_stage(inputs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _run(inputs, out)
+    statuses = _run(inputs, out, start_from="evaluate")
+    assert statuses["train"] == "skipped" and statuses["evaluate"] == statuses["review"] == "ran"
+    with pytest.raises(ConfigError, match="--from 'fit' is not a stage; stages: label, select, synthesize"):
+        _run(inputs, out, start_from="fit")
+    with pytest.raises(ConfigError, match="--from 'synthesize': that stage is not available"):
+        _run(inputs, out, start_from="synthesize")
+
+
+def test_reviewed_queries_come_back_as_human_labels(inputs: dict[str, Path], tmp_path: Path) -> None:
+    from shelver.labeling import LabelStore
+    from shelver.labeling.review import import_reviews
+
+    out = tmp_path / "run"
+    _run(inputs, out)
+    review = pd.read_csv(out / "review" / "review.csv", keep_default_na=False)
+    assert len(review) > 0 and (review["human_path"] == "").all()
+    counts = review["count"].tolist()
+    doubtful = review["decision"] != "full"
+    assert counts[: doubtful.sum()] == sorted(counts[: doubtful.sum()], reverse=True)  # most frequent first
+    review.loc[:1, "human_path"] = "Tops > Tops"
+    review.to_csv(out / "reviewed.csv", index=False)
+    with LabelStore(out / "label" / "labels.sqlite", create=False) as store:
+        assert import_reviews(store, out / "reviewed.csv") == 2
+    statuses = _run(inputs, out)
+    assert statuses["label"] == "skipped" and statuses["select"] == "ran"
+    train = pd.concat([pd.read_csv(out / "select" / f) for f in ("train.csv", "valid.csv")])
+    assert (train["source"] == "human").sum() == 2
+    assert not set(review["text"][:2]) & set(pd.read_csv(out / "review" / "review.csv")["text"])
+
+
+def test_bad_config_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown bootstrap config section 'labels'; valid sections: label"):
+        load_bootstrap_config(None, ("labels.encoder=hashing",))
+    with pytest.raises(ConfigError, match="unknown config key 'select.min_conf'"):
+        load_bootstrap_config(None, ("select.min_conf=0.3",))
+
+
+# ---- a real process, killed mid-stage ------------------------------------------------------------
+def _command(inputs: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    sets = [arg for item in FAST for arg in ("--set", item)]
+    return [
+        sys.executable, "-m", "shelver.cli", "bootstrap", "--taxonomy", str(inputs["taxonomy"]),
+        "--log", str(inputs["log"]), "--out", str(out), "--labeled-sample", str(inputs["sample"]),
+        "--backend", "fake", "--quiet", *sets, *extra,
+    ]  # fmt: skip
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), **extra}
+
+
+def _kill_when(process: subprocess.Popen, ready, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the stage never started"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_killed_mid_stage_resumes_and_equals_a_clean_run(inputs: dict[str, Path], tmp_path: Path) -> None:
+    clean = tmp_path / "clean"
+    subprocess.run(_command(inputs, clean), env=_env(), check=True, capture_output=True)
+
+    out, calls = tmp_path / "killed", tmp_path / "calls.txt"
+    slow = ("--option", "delay=0.05", "--option", f"call_log={calls}")
+    process = subprocess.Popen(_command(inputs, out, *slow), env=_env(), stderr=subprocess.PIPE)
+    _kill_when(process, lambda: calls.is_file() and len(calls.read_text().splitlines()) >= 10)
+    assert read_manifest(out / "label") is None  # killed in the middle of labeling
+
+    # killed again in the middle of train: label and select finish, train has its model but no manifest
+    process = subprocess.Popen(
+        _command(inputs, out, *slow),
+        env=_env(SHELVER_BOOTSTRAP_SLOW_STAGE="train:120"),
+        stderr=subprocess.PIPE,
+    )
+    _kill_when(process, lambda: (out / "train" / "model").is_dir())
+    assert read_manifest(out / "label") and read_manifest(out / "select") and not read_manifest(out / "train")
+    queries = len(set(pd.read_csv(inputs["log"])["text"].str.lower()))
+    assert (
+        queries <= len(calls.read_text().splitlines()) <= queries + 16
+    )  # resumed: at most in-flight calls repeat
+
+    done = subprocess.run(
+        _command(inputs, out, *slow), env=_env(), check=True, capture_output=True, text=True
+    )
+    assert "[label] up to date" in done.stderr and "[select] up to date" in done.stderr
+    assert "[train] running (not finished)" in done.stderr
+    assert _results(out) == _results(clean)
