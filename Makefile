@@ -32,5 +32,9 @@ demo: $(STAMP)
 	$(RUN) evaluate --model runs/demo/model --data $(DEMO)/test.csv --out runs/demo/report
 	$(RUN) predict --model runs/demo/model --input examples/queries.txt
 
+# the benchmarks' peers (setfit, fastText, HiClass): only benchmarks/representation.py needs them
+bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+
 clean:
 	rm -rf runs .pytest_cache
