@@ -28,7 +28,7 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(RUN) train --taxonomy $(DEMO)/taxonomy.json --train $(DEMO)/train.csv --valid $(DEMO)/valid.csv \
-		--config $(DEMO)/config.toml --target-precision 0.95 --out runs/demo/model
+		--config $(DEMO)/config.toml --target-precision 0.99 --out runs/demo/model
 	$(RUN) evaluate --model runs/demo/model --data $(DEMO)/test.csv --out runs/demo/report
 	$(RUN) predict --model runs/demo/model --input examples/queries.txt
 
