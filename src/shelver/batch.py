@@ -257,9 +257,10 @@ def _ray_pipeline(
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # output rows in input order
     context.enable_progress_bars = True
-    dataset = _ray_read(ray, files, kind)
     # one CPU stays free for the (light) read and write tasks, or they would wait on the actors forever
     pool = actors or max(int(ray.cluster_resources().get("CPU", 1)) - 1, 1)
+    # a few blocks per actor, or one big file would feed a single actor
+    dataset = _ray_read(ray, files, kind, blocks=max(len(files), 4 * pool))
     classified = dataset.map_batches(
         BatchClassifier,
         fn_constructor_kwargs={
@@ -270,7 +271,7 @@ def _ray_pipeline(
         },
         batch_size=batch_rows,
         batch_format="pyarrow",
-        concurrency=pool,
+        compute=ray.data.ActorPoolStrategy(size=pool),
         num_cpus=1,
     )
     classified.write_parquet(str(output.resolve()), filename_provider=_ordered_names())
@@ -303,16 +304,16 @@ def _probe_schema(model_dir: Path, files: list[Path], kind: str, column: str) ->
     return probe.schema
 
 
-def _ray_read(ray: Any, files: list[Path], kind: str) -> Any:
+def _ray_read(ray: Any, files: list[Path], kind: str, blocks: int) -> Any:
     paths = [str(f.resolve()) for f in files]
     if kind == "parquet":
-        return ray.data.read_parquet(paths)
+        return ray.data.read_parquet(paths, override_num_blocks=blocks)
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     header = pacsv.open_csv(files[0]).schema.names
     convert = pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False)
-    return ray.data.read_csv(paths, convert_options=convert)
+    return ray.data.read_csv(paths, convert_options=convert, override_num_blocks=blocks)
 
 
 def _ordered_names() -> Any:
