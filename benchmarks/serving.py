@@ -324,14 +324,19 @@ def markdown(r: dict) -> str:
                 "",
             )
         )
+    commands = [
+        f"- `{v}`" + (f" (re-ran {k.removeprefix('command_')})" if k != "command" else "")
+        for k, v in r.items()
+        if k.startswith("command")
+    ]
     lines = [
         "# Serving benchmark",
         "",
-        f"Command: `{r['command']}`",
-        "",
-        f"Machine: {r['machine']}. {r['note']}",
+        "Commands (from the repo root, with `PYTHONPATH=src`):",
+        *commands,
         "",
     ]
+    lines += [f"Machine: {r['machine']}. {r['note']}", ""]
     lines += ["| measure | result | target |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"
