@@ -246,7 +246,8 @@ class TitleGenerator:
         return list(out)
 
     def queryize(self, title: str, known: set[str], rng: random.Random) -> str:
-        words = [w for w in normalize(title).split() if not SIZE_TOKEN.match(w) and not CODE_TOKEN.match(w)]
+        raw = [w for w in str(title).split() if not SIZE_TOKEN.match(w) and not CODE_TOKEN.match(w)]
+        words = normalize(" ".join(raw)).split()
         words = _drop_brand(words, known)
         if not words:
             return ""
@@ -343,11 +344,11 @@ class LLMGenerator:
 
 
 def parse_lines(text: str) -> list[str]:
-    """One query per line, without numbering, bullets or quotes."""
+    """One query per line, without numbering, bullets or quotes; headers and JSON/markup lines go."""
     out = []
     for line in str(text).splitlines():
         line = re.sub(r"^\s*(?:\d+[.)]|[-*•])\s*", "", line).strip().strip("\"'`").strip()
-        if line and not line.endswith(":"):
+        if line and not line.endswith(":") and not re.search(r"[{}<>\[\]]", line):
             out.append(line.casefold())
     return list(dict.fromkeys(out))
 
