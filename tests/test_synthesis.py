@@ -234,3 +234,33 @@ def test_cli_synthesize_llm_with_fake_backend(tiny_files, taxonomy, tmp_path: Pa
     missing = CliRunner().invoke(main, [str(a) for a in args if a not in ("--backend", "fake")])
     assert missing.exit_code == 1
     assert "--generator llm needs --backend openai or --backend llamacpp" in missing.output
+
+
+# ---- evaluation slices: frequency band and source ------------------------------------------------
+def test_band_metrics_split_rows_by_training_count() -> None:
+    from shelver.metrics import band_metrics, band_of
+
+    assert [band_of(n) for n in (0, 49, 50, 499, 500)] == ["tail", "tail", "torso", "torso", "head"]
+    truth = np.array([["A", "a"], ["A", "a"], ["B", "b"], ["C", "c"]])
+    predicted = np.array([["A", "a"], ["B", "b"], ["B", "b"], ["A", "a"]])
+    bands = band_metrics(truth, predicted, {"A > a": 900, "B > b": 100, "C > c": 3})
+    assert bands["head"]["n"] == 2 and bands["head"]["accuracy"] == 0.5
+    assert bands["torso"]["accuracy"] == 1.0 and bands["tail"]["accuracy"] == 0.0
+    assert bands["tail"]["n_classes"] == 1
+
+
+def test_training_on_synthetic_rows_reports_source_and_band_slices(taxonomy, train, tmp_path) -> None:
+    from shelver import HierarchicalClassifier
+    from shelver.report import evaluate, render_markdown
+
+    result = s.synthesize(
+        taxonomy, train, labels(train), s.make_generators(["attributes"]), encoder="hashing", min_examples=100
+    )
+    frame = pd.concat([train.assign(source="human"), s.to_frame(result.rows, taxonomy)], ignore_index=True)
+    frame.to_csv(tmp_path / "train+synth.csv", index=False)
+    data = read_labeled(tmp_path / "train+synth.csv", taxonomy)
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(data.texts, data.y)
+    evaluation = evaluate(model, data)
+    assert set(evaluation.metrics["by_source"]) == {"human", "synthetic:attributes"}
+    assert set(evaluation.metrics["by_band"]) == {"tail"}  # every tiny leaf has < 50 rows
+    assert "| source: synthetic:attributes |" in render_markdown(evaluation, "t")
