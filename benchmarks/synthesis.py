@@ -147,7 +147,8 @@ def markdown(results: dict, command: str) -> str:
             t, q = r["test"], r["test_queryized"]
             lines.append(
                 f"| {condition} | {r['synthetic_rows']:,} | {t['l2_accuracy']:.4f} | "
-                f"{t['tail_macro_f1']:.4f} | {t['non_tail_accuracy']:.4f} | {q['l2_accuracy']:.4f} | {q['tail_macro_f1']:.4f} |"
+                f"{t['tail_macro_f1']:.4f} | {t['non_tail_accuracy']:.4f} | {q['l2_accuracy']:.4f} | "
+                f"{q['tail_macro_f1']:.4f} |"
             )
         lines.append("")
     return "\n".join(lines)
