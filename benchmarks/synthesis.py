@@ -43,7 +43,10 @@ CONDITIONS = {
     "+attributes": ("attributes",),
     "+titles": ("titles",),
     "+all": ("attributes", "titles"),
+    # the consistency filter: keep rows the train-only model ranks on their leaf in its top 3
+    "+all judged": ("attributes", "titles"),
 }
+JUDGE_TOP_K = 3
 
 
 def load(name: str) -> tuple[Taxonomy, dict[str, pd.DataFrame]]:
@@ -100,6 +103,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     tests = {"test": test, "test_queryized": queryized(test, taxonomy, train, args.seed)}
     encoder = encoder_for(args.encoder, name)
     rows: dict[str, dict] = {}
+    judge = None
     for condition, generators in CONDITIONS.items():
         started = time.perf_counter()
         data, synth = train[["text", "category", "subcategory"]], None
@@ -112,11 +116,14 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                 encoder=encoder,
                 per_class=args.per_class,
                 avoid=avoid,
+                judge=judge if condition.endswith("judged") else None,
+                filters=s.FilterConfig(judge_top_k=JUDGE_TOP_K),
             )
             data = pd.concat([data, s.to_frame(synth.rows, taxonomy)], ignore_index=True)
         model = HierarchicalClassifier(taxonomy=taxonomy, encoder=encoder).fit(
             data["text"].tolist(), labels(data)
         )
+        judge = judge or s.ClassifierJudge(model)  # the first model: trained on real rows only
         rows[condition] = {
             "synthetic_rows": len(synth.rows) if synth else 0,
             "removed": synth.counts.removed if synth else {},

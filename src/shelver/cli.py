@@ -693,7 +693,7 @@ def _synthesis_judge(judge: str | None, taxonomy, encoder: str):
         return None
     if judge == "embedding":
         return s.EmbeddingJudge(taxonomy, encoder)
-    return s.ModelJudge(judge, taxonomy)
+    return s.ClassifierJudge.load(judge, taxonomy)
 
 
 def _synthesis_summary(result, out: Path) -> str:

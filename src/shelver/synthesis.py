@@ -360,13 +360,17 @@ class Judge(Protocol):
     def leaf_scores(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-class ModelJudge:
+class ClassifierJudge:
     """A trained shelver model as the judge (its calibrated leaf probabilities)."""
 
-    def __init__(self, model_dir: str | Path, taxonomy: Taxonomy) -> None:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    @classmethod
+    def load(cls, model_dir: str | Path, taxonomy: Taxonomy) -> ClassifierJudge:
         from shelver.model_dir import load_model
 
-        self.model = load_model(model_dir, taxonomy)
+        return cls(load_model(model_dir, taxonomy))
 
     def leaf_scores(self, texts: Sequence[str]) -> np.ndarray:
         return self.model.predict_proba(list(texts))[1]
