@@ -651,5 +651,139 @@ def _label_overrides(
     return tuple(extra)
 
 
+# ---- issue 6: synthetic queries for low-traffic subcategories -----------------------------------
+@main.command()
+@click.option(
+    "--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt)."
+)
+@click.option("--train", "train_path", required=True, type=existing_file, help="Labeled training data.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Synthetic file (.csv/.parquet/.jsonl).",
+)
+@click.option(
+    "--min-examples", default=50, show_default=True, help="Synthesize for leaves with fewer training rows."
+)
+@click.option(
+    "--per-class", default=20, show_default=True, help="Queries kept per leaf and generator (at most)."
+)
+@click.option(
+    "--generator",
+    "generators",
+    multiple=True,
+    type=click.Choice(["attributes", "titles", "llm"]),
+    help="Repeat to combine (default: attributes and titles).",
+)
+@click.option(
+    "--backend", type=click.Choice(["openai", "llamacpp", "fake"]), help="LLM backend of --generator llm."
+)
+@click.option(
+    "--model", help="LLM: a name for openai, a GGUF path or 'smollm2'/'qwen2.5-coder-1.5b' for llamacpp."
+)
+@click.option("--base-url", help="openai backend: the endpoint, e.g. http://127.0.0.1:8080/v1.")
+@click.option(
+    "--option", "options", multiple=True, metavar="KEY=VALUE", help="Backend option, e.g. n_threads=1."
+)
+@click.option(
+    "--avoid", "avoid_paths", multiple=True, type=existing_file, help="Valid/test files not to leak into."
+)
+@click.option(
+    "--judge",
+    help="Keep rows a judge assigns to their leaf: a trained model directory, or 'embedding'.",
+)
+@click.option("--judge-top-k", default=1, show_default=True, help="The leaf must be in the judge's top K.")
+@click.option(
+    "--encoder", default="minilm", show_default=True, help="Encoder for near-duplicate/leak filters."
+)
+@click.option(
+    "--shopify",
+    "shopify_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="shopify-taxonomy folder: add its color/pattern/material values to the attributes.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the generators.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def synthesize(
+    taxonomy_path: Path,
+    train_path: Path,
+    out: Path,
+    min_examples: int,
+    per_class: int,
+    generators: tuple[str, ...],
+    backend: str | None,
+    model: str | None,
+    base_url: str | None,
+    options: tuple[str, ...],
+    avoid_paths: tuple[Path, ...],
+    judge: str | None,
+    judge_top_k: int,
+    encoder: str,
+    shopify_dir: Path | None,
+    seed: int,
+    quiet: bool,
+) -> None:
+    """Generate filtered synthetic queries for the leaves with fewer than --min-examples rows."""
+    from shelver import synthesis as s
+    from shelver.taxonomy import Taxonomy
+
+    taxonomy = Taxonomy.load(taxonomy_path)
+    frame, y = s.read_training(train_path, taxonomy)
+    llm = _synthesis_backend(backend, model, base_url, options) if "llm" in generators else None
+    try:
+        result = s.synthesize(
+            taxonomy,
+            frame,
+            y,
+            s.make_generators(generators or ("attributes", "titles"), seed, llm),
+            encoder=encoder,
+            min_examples=min_examples,
+            per_class=per_class,
+            avoid=s.read_avoid(avoid_paths),
+            judge=_synthesis_judge(judge, taxonomy, encoder),
+            filters=s.FilterConfig(judge_top_k=judge_top_k),
+            extra_attributes=s.shopify_attributes(shopify_dir) if shopify_dir else None,
+            progress=not quiet,
+        )
+    finally:
+        if llm is not None:
+            llm.close()
+    s.write_rows(result.rows, taxonomy, out)
+    click.echo(_synthesis_summary(result, out), err=True)
+
+
+def _synthesis_backend(
+    backend: str | None, model: str | None, base_url: str | None, options: tuple[str, ...]
+):
+    from shelver.errors import ConfigError
+    from shelver.labeling import make_backend
+    from shelver.labeling.config import voters_from_cli
+
+    if backend is None:
+        raise ConfigError("--generator llm needs --backend openai or --backend llamacpp")
+    spec = voters_from_cli([backend], model, base_url, options)[0]
+    return make_backend(spec.backend, spec.model, spec.options)
+
+
+def _synthesis_judge(judge: str | None, taxonomy, encoder: str):
+    from shelver import synthesis as s
+
+    if judge is None:
+        return None
+    if judge == "embedding":
+        return s.EmbeddingJudge(taxonomy, encoder)
+    return s.ClassifierJudge.load(judge, taxonomy)
+
+
+def _synthesis_summary(result, out: Path) -> str:
+    removed = ", ".join(f"{k} {v:,}" for k, v in result.counts.removed.items() if v) or "none"
+    sources = ", ".join(f"{k} {v:,}" for k, v in sorted(result.by_source.items())) or "none"
+    return (
+        f"{len(result.paths):,} leaves below the threshold; generated {result.counts.generated:,}, "
+        f"removed {removed}; wrote {len(result.rows):,} rows ({sources}) -> {out}"
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -15,6 +15,9 @@ from sklearn.metrics import f1_score
 
 # subcategories with fewer training rows than this form the tail (the issue's definition)
 TAIL_THRESHOLD = 50
+# subcategories with at least this many training rows form the head; between the two, the torso
+HEAD_THRESHOLD = 500
+BANDS = ("head", "torso", "tail")
 
 
 def leaf_names(y: np.ndarray) -> np.ndarray:
@@ -44,6 +47,32 @@ def hierarchical_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
 
 def tail_leaves(train_counts: dict[str, int], threshold: int = TAIL_THRESHOLD) -> list[str]:
     return [leaf for leaf, n in train_counts.items() if n < threshold]
+
+
+def band_of(train_count: int, tail: int = TAIL_THRESHOLD, head: int = HEAD_THRESHOLD) -> str:
+    """``head`` (>= ``head`` training rows), ``tail`` (< ``tail``) or ``torso`` (between)."""
+    return "head" if train_count >= head else "tail" if train_count < tail else "torso"
+
+
+def band_metrics(
+    truth: np.ndarray, predicted: np.ndarray, train_counts: dict[str, int]
+) -> dict[str, dict[str, object]]:
+    """L2 accuracy and macro-F1 of the rows whose true subcategory is in each frequency band."""
+    true_leaf, pred_leaf = leaf_names(truth), leaf_names(predicted)
+    bands = np.array([band_of(train_counts.get(leaf, 0)) for leaf in true_leaf])
+    out: dict[str, dict[str, object]] = {}
+    for band in BANDS:
+        rows = bands == band
+        if not rows.any():
+            continue
+        labels = sorted(set(true_leaf[rows]))
+        out[band] = {
+            "n": int(rows.sum()),
+            "n_classes": len(labels),
+            "accuracy": float(np.mean(true_leaf[rows] == pred_leaf[rows])),
+            "macro_f1": macro_f1(true_leaf, pred_leaf, labels=labels),
+        }
+    return out
 
 
 def classification_metrics(

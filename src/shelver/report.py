@@ -39,6 +39,7 @@ def evaluate(model: HierarchicalClassifier, data: LabeledData) -> Evaluation:
     candidates = np.array([p.candidate for p in predictions], dtype=str).reshape(-1, 2)
     counts = train_counts(model)
     result = m.classification_metrics(data.y, candidates, counts)
+    result["by_band"] = m.band_metrics(data.y, candidates, counts)
     result["model"] = {"head": model.head, "encoder": model.encoder_.spec, "multi_label": model.multi_label_}
     sources = np.array(data.source)
     if len(set(sources)) > 1:  # real, LLM-labeled and synthetic traffic are measured apart
@@ -173,6 +174,19 @@ def summary_table(metrics: dict[str, Any]) -> str:
     )
 
 
+def slice_table(metrics: dict[str, Any]) -> str:
+    """L2 accuracy and macro-F1 per frequency band (head >= 500, tail < 50 training rows) and per source."""
+    lines = ["| slice | n | classes | L2 acc | L2 macro-F1 |", "|---|---:|---:|---:|---:|"]
+    for band, r in metrics.get("by_band", {}).items():
+        lines.append(
+            f"| {band} | {r['n']:,} | {r['n_classes']} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} |"
+        )
+    for source, r in metrics.get("by_source", {}).items():
+        l2 = r["level2"]
+        lines.append(f"| source: {source} | {r['n']:,} | | {l2['accuracy']:.3f} | {l2['macro_f1']:.3f} |")
+    return "\n".join(lines)
+
+
 def confidence_table(metrics: dict[str, Any]) -> str:
     """Coverage at precision, ECE before/after and the operating point, per level."""
     if "coverage_at_precision" not in metrics:
@@ -204,6 +218,13 @@ def confidence_table(metrics: dict[str, Any]) -> str:
 def render_markdown(evaluation: Evaluation, title: str) -> str:
     worst = sorted(evaluation.per_class, key=lambda r: (r["f1"], -r["support"]))[:15]
     lines = [f"# {title}", "", summary_table(evaluation.metrics), ""]
+    if evaluation.metrics.get("by_band") or evaluation.metrics.get("by_source"):
+        lines += [
+            "## Slices: frequency band (training rows) and source",
+            "",
+            slice_table(evaluation.metrics),
+            "",
+        ]
     confidence = confidence_table(evaluation.metrics)
     if confidence:
         lines += ["## Confidence: coverage at precision, calibration, decisions", "", confidence, ""]
