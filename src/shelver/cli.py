@@ -40,13 +40,18 @@ def main() -> None:
 
 
 existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+# options several commands share, spelled once
+taxonomy_option = click.option(
+    "--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt)."
+)
+train_option = click.option(
+    "--train", "train_path", required=True, type=existing_file, help="Labeled training data."
+)
 
 
 @main.command()
-@click.option(
-    "--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt)."
-)
-@click.option("--train", "train_path", required=True, type=existing_file, help="Labeled training data.")
+@taxonomy_option
+@train_option
 @click.option(
     "--valid", "valid_path", type=existing_file, help="Labeled validation data (evaluated after fit)."
 )
@@ -193,10 +198,8 @@ def _parse_thresholds(text: str | None) -> tuple[float, float] | None:
 
 # ---- issue 3: representation learning ---------------------------------------------------------
 @main.command()
-@click.option(
-    "--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt)."
-)
-@click.option("--train", "train_path", required=True, type=existing_file, help="Labeled training data.")
+@taxonomy_option
+@train_option
 @click.option("--valid", "valid_path", type=existing_file, help="Labeled data for early stopping.")
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Directory for the fine-tuned encoder."
@@ -244,9 +247,7 @@ def finetune(
 
 # ---- issue 5: label raw search logs (LLM, validated against the taxonomy) ----------------------
 @main.command()
-@click.option(
-    "--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt)."
-)
+@taxonomy_option
 @click.option(
     "--log",
     "log_path",
@@ -573,9 +574,7 @@ def classify_batch(
 
 # ---- issue 8: cold start (bootstrap) ------------------------------------------------------------
 @main.command()
-@click.option(
-    "--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt)."
-)
+@taxonomy_option
 @click.option(
     "--log",
     "log_path",
@@ -653,10 +652,8 @@ def _label_overrides(
 
 # ---- issue 6: synthetic queries for low-traffic subcategories -----------------------------------
 @main.command()
-@click.option(
-    "--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt)."
-)
-@click.option("--train", "train_path", required=True, type=existing_file, help="Labeled training data.")
+@taxonomy_option
+@train_option
 @click.option(
     "--out",
     required=True,
