@@ -111,3 +111,15 @@ def test_a_failed_export_writes_nothing(onnx_model_dir, tmp_path, tiny_frames):
     with pytest.raises(ExportError, match=r"below the required 101\.00%"):
         export_onnx(copy, tiny_frames["valid"]["text"].tolist(), min_agreement=1.01, progress=False)
     assert not (copy / "onnx").exists() and not list(copy.glob(".onnx*"))
+
+
+def test_recalibrating_in_place_keeps_the_export(onnx_model_dir, tmp_path, tiny_frames):
+    copy = Path(shutil.copytree(onnx_model_dir, tmp_path / "m"))
+    valid = tiny_frames["valid"]
+    model = load_model(copy).set_params(target_precision=0.9)
+    model.calibrate(valid["text"].tolist(), valid[["category", "subcategory"]].to_numpy()).save(copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert "onnx" in manifest["exports"] and any(f.startswith("onnx/") for f in manifest["files"])
+    served = load_model(copy, encoder="serving")
+    assert served.encoder_.spec.startswith("onnx:")
+    assert served.thresholds_ == model.thresholds_

@@ -50,14 +50,39 @@ def save_model(model: HierarchicalClassifier, path: str | Path) -> Path:
     model._check_fitted()
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_manifest(out)
     model.taxonomy_.save(out / "taxonomy.json")
     arrays = {k: np.ascontiguousarray(v) for k, v in model.head_.to_arrays().items()}
     save_file(arrays, str(out / "heads.safetensors"))
     _write_json(out / "config.json", {"params": _params(model), "encoder": _encoder_entry(model, out)})
     _write_json(out / "calibration.json", _calibration_entry(model))
     extra = _save_lexical(model, out)
-    _write_json(out / "manifest.json", _manifest(model, out, extra))
+    manifest = _manifest(model, out, extra)
+    _keep_exports(manifest, previous, out, model.encoder_.fingerprint())
+    _write_json(out / "manifest.json", manifest)
     return out
+
+
+def _previous_manifest(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _keep_exports(manifest: dict[str, Any], previous: dict[str, Any], out: Path, fingerprint: str) -> None:
+    """Re-saving in place (``shelver calibrate``) keeps an ONNX export made from the same encoder."""
+    exports = {
+        name: info
+        for name, info in previous.get("exports", {}).items()
+        if info.get("source_fingerprint") == fingerprint
+    }
+    if not exports:
+        return
+    manifest["exports"] = exports
+    for name, digest in previous.get("files", {}).items():
+        if name.startswith(f"{ONNX_DIR}/") and (out / name).is_file():
+            manifest["files"].setdefault(name, digest)
 
 
 def _calibration_entry(model: HierarchicalClassifier) -> dict[str, Any]:
