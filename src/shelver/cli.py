@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -47,6 +48,37 @@ taxonomy_option = click.option(
 train_option = click.option(
     "--train", "train_path", required=True, type=existing_file, help="Labeled training data."
 )
+
+
+def labeling_backend_options(command: Callable) -> Callable:
+    """--backend/--model/--base-url/--option, shared by 'shelver label' and 'shelver bootstrap'."""
+    for option in reversed(
+        [
+            click.option(
+                "--backend",
+                "backends",
+                multiple=True,
+                metavar="NAME[=MODEL]",
+                help="embedding (default, offline) | openai | llamacpp | fake. Repeat to vote.",
+            ),
+            click.option(
+                "--model",
+                help="Model of the LLM backend(s): a name for openai, a GGUF path or "
+                "'smollm2'/'qwen2.5-coder-1.5b' for llamacpp.",
+            ),
+            click.option("--base-url", help="openai backend: the endpoint, e.g. http://127.0.0.1:8080/v1."),
+            click.option(
+                "--option",
+                "options",
+                multiple=True,
+                metavar="[BACKEND.]KEY=VALUE",
+                help="Backend option, e.g. openai.structured=none, llamacpp.n_threads=2, "
+                "embedding.min_similarity=0.3.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
 
 
 @main.command()
@@ -262,26 +294,7 @@ def finetune(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Label store (SQLite) to create, or to resume: finished queries are skipped.",
 )
-@click.option(
-    "--backend",
-    "backends",
-    multiple=True,
-    metavar="NAME[=MODEL]",
-    help="embedding (default, offline) | openai | llamacpp | fake. Repeat to vote.",
-)
-@click.option(
-    "--model",
-    help="Model of the LLM backend(s): a name for openai, a GGUF path or "
-    "'smollm2'/'qwen2.5-coder-1.5b' for llamacpp.",
-)
-@click.option("--base-url", help="openai backend: the endpoint, e.g. http://127.0.0.1:8080/v1.")
-@click.option(
-    "--option",
-    "options",
-    multiple=True,
-    metavar="[BACKEND.]KEY=VALUE",
-    help="Backend option, e.g. openai.structured=none, llamacpp.n_threads=2, embedding.min_similarity=0.3.",
-)
+@labeling_backend_options
 @click.option("--concurrency", default=4, show_default=True, help="Calls in flight at once.")
 @click.option(
     "--max-retries", default=5, show_default=True, help="Retries of a call on 429/5xx/timeouts (backoff)."
@@ -598,16 +611,7 @@ def classify_batch(
 @click.option(
     "--from", "start_from", help="Re-run from this stage (label, select, train, evaluate, export, review)."
 )
-@click.option(
-    "--backend",
-    "backends",
-    multiple=True,
-    metavar="NAME[=MODEL]",
-    help="Labeling backend(s), as 'shelver label'.",
-)
-@click.option("--model", help="Model of the LLM backend(s), as 'shelver label --model'.")
-@click.option("--base-url", help="openai backend: the endpoint.")
-@click.option("--option", "options", multiple=True, metavar="[BACKEND.]KEY=VALUE", help="Backend option.")
+@labeling_backend_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bootstrap(
     taxonomy_path: Path,
