@@ -31,7 +31,7 @@ from shelver.encoders import CachedEncoder, Encoder, make_encoder
 from shelver.errors import ConfigError, DataError, NotFittedError
 from shelver.features import LexicalFeatures, LexicalOptions, join_features
 from shelver.heads import Head, LinearOptions, make_head
-from shelver.taxonomy import Taxonomy
+from shelver.taxonomy import Taxonomy, format_path
 
 
 class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
@@ -119,10 +119,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         )
         self.train_counts_ = np.bincount(leaves, minlength=len(self.taxonomy))
         self.train_fingerprint_ = _fingerprint(texts, labels)
-        self.classes_ = [
-            np.array(self.taxonomy.categories),
-            np.array([" > ".join(p) for p in self.taxonomy.paths]),
-        ]
+        self.classes_ = level_classes(self.taxonomy)
         self._init_decisions()
         return self
 
@@ -303,6 +300,11 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         from shelver.model_dir import load_model
 
         return load_model(path, taxonomy=taxonomy)
+
+
+def level_classes(taxonomy: Taxonomy) -> list[np.ndarray]:
+    """sklearn's multi-output ``classes_``: category names, then leaf paths ``"A > B"``."""
+    return [np.array(taxonomy.categories), np.array([format_path(p) for p in taxonomy.paths])]
 
 
 def _as_texts(X: Any) -> list[str]:

@@ -370,7 +370,7 @@ def end_to_end_model(
     Saved and loaded like any model directory (``heads.safetensors``); note that refitting a
     clone of it trains a logistic-regression flat head instead of fine-tuning again.
     """
-    from shelver.classifier import HierarchicalClassifier, _fingerprint
+    from shelver.classifier import HierarchicalClassifier, _fingerprint, level_classes
     from shelver.heads import FlatHead
 
     if result.head is None:
@@ -389,7 +389,7 @@ def end_to_end_model(
     model.encoder_ = model._build_encoder()
     model.train_counts_ = np.bincount(leaves, minlength=len(taxonomy))
     model.train_fingerprint_ = _fingerprint(train.texts, train.y)
-    model.classes_ = [np.array(taxonomy.categories), np.array([" > ".join(p) for p in taxonomy.paths])]
+    model.classes_ = level_classes(taxonomy)
     model._init_decisions()  # identity calibration until calibrate() sees a validation split
     return model
 

@@ -278,6 +278,8 @@ def _encoder_spec(root: Path, entry: dict[str, Any]) -> str:
 
 
 def _restore(model: HierarchicalClassifier, manifest: dict[str, Any], head: Any, root: Path) -> None:
+    from shelver.classifier import level_classes
+
     taxonomy = model.taxonomy
     counts = manifest["training"]["counts"]
     model.taxonomy_ = taxonomy
@@ -285,7 +287,7 @@ def _restore(model: HierarchicalClassifier, manifest: dict[str, Any], head: Any,
     model.head_ = head
     model.train_counts_ = np.array([counts.get(format_path(p), 0) for p in taxonomy.paths])
     model.train_fingerprint_ = manifest["training"]["fingerprint"]
-    model.classes_ = [np.array(taxonomy.categories), np.array([format_path(p) for p in taxonomy.paths])]
+    model.classes_ = level_classes(taxonomy)
     _restore_decisions(model, root)
 
 
