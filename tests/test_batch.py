@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from shelver.batch import classify_batch, decision_columns
+from shelver.batch import Source, batch_sizes, classify_batch, decision_columns, read_rows, write_parquet
 from shelver.cli import main
 from shelver.errors import ConfigError, DataError
 from shelver.model_dir import load_model
@@ -76,27 +80,141 @@ def test_decision_columns_flatten_any_prediction_fields():
 
 def test_batch_errors_name_the_fix(hashing_model_dir, queries, tmp_path):
     queries.rename(columns={"text": "query"}).to_parquet(tmp_path / "q.parquet")
-    with pytest.raises(DataError, match=r"has no 'text' column .* pass --text-column NAME"):
+    with pytest.raises(DataError, match=r"q.parquet has no 'text' column .* pass --text-column NAME"):
         classify_batch(hashing_model_dir, tmp_path / "q.parquet", tmp_path / "o.parquet", progress=False)
+    # checked before Ray starts, so the user sees one line, not an actor's traceback
+    with pytest.raises(DataError, match=r"has no 'text' column .* pass --text-column NAME"):
+        classify_batch(
+            hashing_model_dir, tmp_path / "q.parquet", tmp_path / "o", engine="ray", progress=False
+        )
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"holds no \.parquet or \.csv files"):
         classify_batch(hashing_model_dir, tmp_path / "empty", tmp_path / "o.parquet", progress=False)
     with pytest.raises(ConfigError, match="unknown engine 'spark'; choose one of local, ray"):
         classify_batch(hashing_model_dir, tmp_path / "q.parquet", tmp_path / "o.parquet", engine="spark")
+    with pytest.raises(ConfigError, match="--shard-rows must be a positive number of rows, got 0"):
+        classify_batch(hashing_model_dir, tmp_path / "q.parquet", tmp_path / "o.parquet", shard_rows=0)
 
 
-def test_ray_engine_in_local_mode(onnx_model_dir, queries, tmp_path):
-    pytest.importorskip("ray")
-    parts = tmp_path / "in"
-    parts.mkdir()
-    for i, start in enumerate(range(0, len(queries), 25)):
-        queries.iloc[start : start + 25].to_parquet(parts / f"part-{i:03d}.parquet")
-    result = classify_batch(
-        onnx_model_dir, parts, tmp_path / "out", engine="ray", batch_rows=16, progress=False
+def test_bad_csv_input_is_one_line_naming_the_fix(hashing_model_dir, queries, tmp_path):
+    (tmp_path / "none").mkdir()
+    queries.iloc[:0].to_csv(tmp_path / "none" / "a.csv", index=False)  # a header and no rows
+    with pytest.raises(DataError, match=r"none has no rows to classify; pass a file or folder with queries"):
+        classify_batch(hashing_model_dir, tmp_path / "none", tmp_path / "o.parquet", progress=False)
+    (tmp_path / "blank.csv").write_text("")
+    with pytest.raises(DataError, match=r"cannot read .*blank.csv as csv \(Empty CSV file\); fix or remove"):
+        classify_batch(hashing_model_dir, tmp_path / "blank.csv", tmp_path / "o.parquet", progress=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "classify-batch",
+            "--model",
+            str(hashing_model_dir),
+            "--input",
+            str(tmp_path / "blank.csv"),
+            "--output",
+            str(tmp_path / "o.parquet"),
+        ],
     )
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_local_progress_bar_counts_rows_per_second(hashing_model_dir, queries, tmp_path, capsys):
+    queries.to_parquet(tmp_path / "in.parquet")
+    classify_batch(hashing_model_dir, tmp_path / "in.parquet", tmp_path / "o.parquet", batch_rows=8)
+    bar = capsys.readouterr().err
+    assert "classifying: 100%" in bar and f"{len(queries)}.0/{len(queries)}.0" in bar and "row/s]" in bar
+
+
+# ---- shards: any row range of the input, in the batches both engines share ------------------
+def test_read_rows_returns_any_range_across_files_and_row_groups(queries, tmp_path):
+    table = pa.Table.from_pandas(queries, preserve_index=False)
+    files = []
+    for i, (start, stop) in enumerate([(0, 30), (30, 30), (30, len(queries))]):  # the middle file is empty
+        files.append(str(tmp_path / f"{i}.parquet"))
+        pq.write_table(table.slice(start, stop - start), files[-1], row_group_size=7)
+    source = Source(tuple(files), "parquet", (30, 0, len(queries) - 30))
+    for start, stop in [(0, len(queries)), (5, 6), (13, 47), (29, 31), (len(queries) - 1, len(queries))]:
+        got = pa.concat_tables(read_rows(source, start, stop, batch_rows=4))
+        assert got.column("id").to_pylist() == queries["id"].tolist()[start:stop]
+
+
+def test_batches_never_straddle_shards():
+    assert list(batch_sizes(23, shard_rows=10, batch_rows=4)) == [4, 4, 2, 4, 4, 2, 3]
+    assert sum(batch_sizes(100_003, 50_000, 2048)) == 100_003
+
+
+def test_write_parquet_leaves_no_partial_file_when_it_fails(tmp_path):
+    def tables():
+        yield pa.table({"a": [1, 2]})
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        write_parquet(tables(), tmp_path / "part-00000.parquet")
+    assert list(tmp_path.iterdir()) == []
+    assert write_parquet(iter([pa.table({"a": [1]}), pa.table({"a": [2]})]), tmp_path / "p.parquet") == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["p.parquet"]
+
+
+# ---- Ray (local mode): one Ray for the module; parts in input order, answers as local ----------
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _write_input(queries: pd.DataFrame, layout: str, root: Path) -> Path:
+    if layout == "parquet file":
+        queries.to_parquet(root / "in.parquet", row_group_size=9)
+        return root / "in.parquet"
+    (root / "in").mkdir()
+    for i, start in enumerate(range(0, len(queries), 23)):  # partitions that shards straddle
+        part = queries.iloc[start : start + 23]
+        if layout == "csv folder":
+            part.to_csv(root / "in" / f"p{i:02d}.csv", index=False)
+        else:
+            part.to_parquet(root / "in" / f"p{i:02d}.parquet")
+    return root / "in"
+
+
+@pytest.mark.parametrize("layout", ["parquet file", "parquet folder", "csv folder"])
+def test_ray_parts_keep_rows_and_order_and_match_local(
+    ray_local, hashing_model_dir, queries, tmp_path, layout
+):
+    source = _write_input(queries, layout, tmp_path)
+    sizes = {"batch_rows": 4, "shard_rows": 10, "progress": False}
+    local = classify_batch(hashing_model_dir, source, tmp_path / "local.parquet", **sizes)
+    result = classify_batch(hashing_model_dir, source, tmp_path / "out", engine="ray", actors=2, **sizes)
+    shards = -(-len(queries) // 10)
+    assert shards >= 5
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"part-{i:05d}.parquet" for i in range(shards)
+    ]
     out = pd.read_parquet(tmp_path / "out")
-    assert result.rows == len(out) == len(queries)
+    assert result.rows == local.rows == len(out) == len(queries)
     assert out["id"].tolist() == queries["id"].tolist()
-    local = load_model(onnx_model_dir, encoder="serving").predict(queries["text"].tolist())
-    agree = (out[["shelver_category", "shelver_subcategory"]].to_numpy() == local).all(axis=1).mean()
-    assert agree >= 0.9  # int8 activations are scaled per batch, so batch neighbours shift a few near-ties
+    pd.testing.assert_frame_equal(out, pd.read_parquet(local.output))
+
+
+def test_ray_refuses_a_folder_holding_an_earlier_run(hashing_model_dir, queries, tmp_path):
+    queries.to_parquet(tmp_path / "in.parquet")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "part-00007.parquet").write_bytes(b"")
+    with pytest.raises(
+        DataError, match=r"out is not empty \(1 entries\); .* remove it or pass another --output"
+    ):
+        classify_batch(hashing_model_dir, tmp_path / "in.parquet", tmp_path / "out", engine="ray")
+
+
+def test_ray_engine_with_the_onnx_model(ray_local, onnx_model_dir, queries, tmp_path):
+    queries.to_parquet(tmp_path / "in.parquet")
+    sizes = {"batch_rows": 16, "shard_rows": 32, "progress": False}
+    classify_batch(onnx_model_dir, tmp_path / "in.parquet", tmp_path / "out", engine="ray", **sizes)
+    local = classify_batch(onnx_model_dir, tmp_path / "in.parquet", tmp_path / "local.parquet", **sizes)
+    out, expected = pd.read_parquet(tmp_path / "out"), pd.read_parquet(local.output)
+    assert out["id"].tolist() == queries["id"].tolist()
+    # the same batches go through the int8 encoder on both engines, so the paths agree
+    columns = ["shelver_category", "shelver_subcategory"]
+    assert out[columns].equals(expected[columns])

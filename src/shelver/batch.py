@@ -5,18 +5,29 @@ with every input column and the decision columns (``shelver_<level>``,
 ``shelver_confidence_<level>``, then any other field of ``Prediction.to_dict()``, such as the
 decision and its reason), rows in input order. The model runs its ONNX export (torch-free).
 
-- ``engine="local"``: one process streams batches through the model into one Parquet file.
-- ``engine="ray"``: Ray Data ``map_batches`` over a pool of actors, each loading the model
-  once; writes a folder of Parquet parts whose names sort in input order. Without an address
-  Ray starts locally; with one (``ray://...`` or ``auto``) the same code runs on a cluster.
+The input is cut into shards of ``shard_rows`` consecutive rows, and every shard into batches
+of ``batch_rows``; a batch never straddles two shards, so both engines feed the model the same
+batches and give the same answers.
+
+- ``engine="local"``: one process streams the batches through the model into one Parquet file.
+- ``engine="ray"``: Ray Data ``map_batches`` hands shard numbers to a pool of actors, each
+  loading the model once; an actor reads its shard's rows itself and writes
+  ``part-<shard:05d>.parquet``, so the parts sort in input order whatever order they finish in.
+  Without an address Ray starts locally; with one (``ray://...`` or ``auto``) the same code runs
+  on a cluster whose nodes see the input and output paths.
+
+Every Parquet file is written under a hidden temporary name and renamed when complete, so a
+killed job leaves no half-written part (readers skip names starting with ``.``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +39,10 @@ SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 PREFIX = "shelver_"
 # a batch of this many rows keeps the encoder busy and the memory per actor small
 DEFAULT_BATCH_ROWS = 2048
+# a shard is one actor task and one output part: minutes of work, not seconds, on one core
+DEFAULT_SHARD_ROWS = 50_000
+# part-<shard:05d> names sort in input order only while they have five digits
+MAX_SHARDS = 100_000
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,7 @@ def classify_batch(
     engine: str = "local",
     text_column: str = "text",
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
     progress: bool = True,
     ray_address: str | None = None,
     actors: int | None = None,
@@ -57,15 +73,64 @@ def classify_batch(
     """Classify every row of ``input_path`` and write ``output_path``; see the module docstring."""
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    files, kind = input_files(Path(input_path))
+    _check_sizes(batch_rows, shard_rows)
+    source = open_source(Path(input_path), text_column)
+    plan = Plan(str(Path(model_dir).resolve()), text_column, batch_rows, shard_rows)
     started = time.perf_counter()
     if engine == "local":
-        rows = _run_local(Path(model_dir), files, kind, Path(output_path), text_column, batch_rows, progress)
+        rows = _run_local(plan, source, Path(output_path), progress)
     else:
-        rows = _run_ray(
-            Path(model_dir), files, kind, Path(output_path), text_column, batch_rows, ray_address, actors
-        )
+        rows = _run_ray(plan, source, Path(output_path), progress, ray_address, actors)
     return BatchResult(rows, time.perf_counter() - started, Path(output_path), engine)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every worker needs to classify a shard, beside the input."""
+
+    model_dir: str
+    text_column: str
+    batch_rows: int
+    shard_rows: int
+
+
+def _check_sizes(batch_rows: int, shard_rows: int) -> None:
+    for name, value in (("--batch-rows", batch_rows), ("--shard-rows", shard_rows)):
+        if value < 1:
+            raise ConfigError(f"{name} must be a positive number of rows, got {value}")
+
+
+# ---- the input: files, their rows, and any row range of them ----------------------------
+@dataclass(frozen=True)
+class Source:
+    """The input's files in order, their format and their row counts."""
+
+    files: tuple[str, ...]
+    kind: str
+    rows: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows)
+
+    def pieces(self, start: int, stop: int) -> Iterator[tuple[str, int, int]]:
+        """``(file, first row in it, rows)`` covering the input's rows ``[start, stop)``."""
+        begin = 0
+        for file, rows in zip(self.files, self.rows, strict=True):
+            low, high = max(start, begin), min(stop, begin + rows)
+            if low < high:
+                yield file, low - begin, high - low
+            begin += rows
+
+
+def open_source(path: Path, text_column: str) -> Source:
+    """The input, checked before any work starts: readable, one format, the text column in
+    every file, and at least one row."""
+    files, kind = input_files(path)
+    rows = tuple(_file_rows(file, kind, text_column) for file in files)
+    if not sum(rows):
+        raise DataError(f"{path} has no rows to classify; pass a file or folder with queries in it")
+    return Source(tuple(str(f.resolve()) for f in files), kind, rows)
 
 
 def input_files(path: Path) -> tuple[list[Path], str]:
@@ -84,12 +149,137 @@ def input_files(path: Path) -> tuple[list[Path], str]:
     return files, kinds.pop()  # type: ignore[return-value]
 
 
-# ---- the work of one batch, shared by both engines ----------------------------------------
-class BatchClassifier:
-    """Loads the model once; called on Arrow tables, returns them with the decision columns.
+def _file_rows(file: Path, kind: str, column: str) -> int:
+    import pyarrow as pa
 
-    A Ray actor is one instance of this class, so each actor loads the model once.
+    try:
+        return _parquet_rows(file, column) if kind == "parquet" else _csv_rows(file, column)
+    except pa.ArrowException as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"cannot read {file} as {kind} ({first_line}); fix or remove that file") from None
+
+
+def _parquet_rows(file: Path, column: str) -> int:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(file)
+    _require_column(file, parquet.schema_arrow.names, column)
+    return parquet.metadata.num_rows
+
+
+def _csv_rows(file: Path, column: str) -> int:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    _require_column(file, pacsv.open_csv(file, parse_options=_csv_parse_options()).schema.names, column)
+    # the same parser as the reads, converting only the one column: the counts agree with them
+    convert = pacsv.ConvertOptions(include_columns=[column], column_types={column: pa.string()})
+    reader = pacsv.open_csv(file, parse_options=_csv_parse_options(), convert_options=convert)
+    return sum(batch.num_rows for batch in reader)
+
+
+def _require_column(file: Path, names: list[str], column: str) -> None:
+    if column not in names:
+        raise DataError(
+            f"{file.name} has no {column!r} column (columns: {', '.join(names)}); "
+            "pass --text-column NAME with the column that holds the queries"
+        )
+
+
+def _csv_parse_options() -> Any:
+    """Quoted values may hold newlines (queries pasted from logs do), and rows are skipped by
+    CSV row, not by line, only when the parser knows it."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.ParseOptions(newlines_in_values=True)
+
+
+def read_rows(source: Source, start: int, stop: int, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[Any]:
+    """The input's rows ``[start, stop)`` as Arrow tables, file after file, in order."""
+    for file, first, rows in source.pieces(start, stop):
+        if source.kind == "parquet":
+            yield from _take(_parquet_tables(file, first, batch_rows), rows)
+        else:
+            yield from _take(_csv_tables(file, first), rows)
+
+
+def _parquet_tables(file: str, skip: int, batch_rows: int) -> Iterator[Any]:
+    """The file's rows from row ``skip`` on; row groups before it are not read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(file)
+    groups = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+    first = 0
+    while skip >= groups[first]:
+        skip -= groups[first]
+        first += 1
+    for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=range(first, len(groups))):
+        table = pa.Table.from_batches([batch])
+        if skip < table.num_rows:
+            yield table.slice(skip)
+        skip = max(skip - table.num_rows, 0)
+
+
+def _csv_tables(file: str, skip: int) -> Iterator[Any]:
+    """The file's rows from row ``skip`` on; the rows before it are parsed, not converted."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    header = pacsv.open_csv(file, parse_options=_csv_parse_options()).schema.names
+    # every column read as text: ids keep their leading zeros, and "NA" stays a query
+    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False)
+    reader = pacsv.open_csv(
+        file,
+        read_options=pacsv.ReadOptions(skip_rows_after_names=skip),
+        parse_options=_csv_parse_options(),
+        convert_options=convert,
+    )
+    for batch in reader:
+        yield pa.Table.from_batches([batch])
+
+
+def _take(tables: Iterator[Any], rows: int) -> Iterator[Any]:
+    """The first ``rows`` rows of a stream of tables; reads no further."""
+    for table in tables:
+        if rows <= 0:
+            return
+        yield table.slice(0, rows)
+        rows -= table.num_rows
+
+
+def batch_sizes(rows: int, shard_rows: int, batch_rows: int) -> Iterator[int]:
+    """The batches of ``rows`` rows: cut into shards first, then each shard into batches.
+
+    A batch never straddles two shards, so a shard's batches are the same whichever engine
+    runs it (an int8 encoder scales its activations per batch: same batches, same answers).
     """
+    for start in range(0, rows, shard_rows):
+        shard = min(shard_rows, rows - start)
+        for offset in range(0, shard, batch_rows):
+            yield min(batch_rows, shard - offset)
+
+
+def rebatch(tables: Iterable[Any], sizes: Iterable[int]) -> Iterator[Any]:
+    """The rows of ``tables`` again, as tables of the given sizes, in order."""
+    import pyarrow as pa
+
+    stream, pending, held = iter(tables), [], 0
+    for size in sizes:
+        while held < size:
+            table = next(stream, None)
+            if table is None:
+                raise DataError(f"the input ended {size - held:,} rows early; was it changed while read?")
+            pending.append(table)
+            held += table.num_rows
+        joined = pa.concat_tables(pending, promote_options="default")
+        yield joined.slice(0, size)
+        pending, held = [joined.slice(size)], held - size
+
+
+# ---- the work of one batch, and the one Parquet writer, shared by both engines ------------
+class BatchClassifier:
+    """Loads the model once; called on Arrow tables, returns them with the decision columns."""
 
     def __init__(
         self, model_dir: str, text_column: str, schema: Any = None, threads: int | None = None
@@ -159,123 +349,162 @@ def _drop(table: Any, name: str) -> Any:
     return table.drop_columns([name]) if name in table.column_names else table
 
 
-# ---- local engine -----------------------------------------------------------------------
-def _run_local(
-    model_dir: Path, files: list[Path], kind: str, output: Path, column: str, batch_rows: int, progress: bool
-) -> int:
-    import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
+def write_parquet(tables: Iterable[Any], path: Path) -> int:
+    """Write ``tables`` to ``path`` as one Parquet file and return its rows.
 
-    classify = BatchClassifier(str(model_dir), column)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    writer, rows = None, 0
-    with tqdm(total=_count_rows(files, kind), desc="classifying", unit="row", disable=not progress) as bar:
-        try:
-            for batch in read_batches(files, kind, batch_rows):
-                table = classify(batch)
-                writer = writer or pq.ParquetWriter(str(output), table.schema)
-                writer.write_table(table)
-                rows += table.num_rows
-                bar.update(table.num_rows)
-        finally:
-            if writer is not None:
-                writer.close()
-    if writer is None:
-        raise DataError(f"{files[0]} has no rows to classify")
+    The rows go to a hidden temporary name first, renamed onto ``path`` once complete: a
+    failed or killed job never leaves a half-written file under the real name.
+    """
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        rows = _write_tables(tables, partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    if not rows:
+        raise DataError(f"no rows to write to {path}; the input has none in that range")
+    os.replace(partial, path)
     return rows
 
 
-def read_batches(files: list[Path], kind: str, batch_rows: int) -> Iterator[Any]:
-    """Arrow tables of at most ``batch_rows`` rows, file after file, in order."""
-    import pyarrow as pa
+def _write_tables(tables: Iterable[Any], path: Path) -> int:
     import pyarrow.parquet as pq
 
-    for file in files:
-        if kind == "parquet":
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows):
-                yield pa.Table.from_batches([batch])
-        else:
-            yield from _csv_batches(file, batch_rows)
+    writer, rows = None, 0
+    try:
+        for table in tables:
+            writer = writer or pq.ParquetWriter(str(path), table.schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
 
 
-def _csv_batches(file: Path, batch_rows: int) -> Iterator[Any]:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    header = pacsv.open_csv(file).schema.names
-    # every column read as text: ids keep their leading zeros, and "NA" stays a query
-    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False)
-    reader = pacsv.open_csv(file, convert_options=convert)
-    pending: list[Any] = []
-    for batch in reader:
-        pending.append(batch)
-        if sum(b.num_rows for b in pending) >= batch_rows:
-            yield pa.Table.from_batches(pending)
-            pending = []
-    if pending:
-        yield pa.Table.from_batches(pending)
+def shard_tables(plan: Plan, source: Source, shard: int) -> Iterator[Any]:
+    """Shard ``shard``'s rows, in the batches the model is fed."""
+    start = shard * plan.shard_rows
+    stop = min(start + plan.shard_rows, source.total)
+    sizes = batch_sizes(stop - start, plan.shard_rows, plan.batch_rows)
+    return rebatch(read_rows(source, start, stop, plan.batch_rows), sizes)
 
 
-def _count_rows(files: list[Path], kind: str) -> int | None:
-    if kind != "parquet":
-        return None
-    import pyarrow.parquet as pq
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
 
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    # rows/s with SI units ("12.3krow/s"), smoothed over the recent batches
+    return tqdm(
+        total=total, desc="classifying", unit="row", unit_scale=True, smoothing=0.1, disable=not enabled
+    )
+
+
+# ---- local engine -----------------------------------------------------------------------
+def _run_local(plan: Plan, source: Source, output: Path, progress: bool) -> int:
+    classify = BatchClassifier(plan.model_dir, plan.text_column)
+    sizes = batch_sizes(source.total, plan.shard_rows, plan.batch_rows)
+    batches = rebatch(read_rows(source, 0, source.total, plan.batch_rows), sizes)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with _progress(source.total, progress) as bar:
+        return write_parquet(_counted(map(classify, batches), bar), output)
+
+
+def _counted(tables: Iterable[Any], bar: Any) -> Iterator[Any]:
+    for table in tables:
+        bar.update(table.num_rows)
+        yield table
 
 
 # ---- Ray engine -------------------------------------------------------------------------
+class ShardWriter:
+    """A Ray actor: loads the model once, then classifies whole shards, each into its part."""
+
+    def __init__(self, plan: Plan, source: Source, output: str, schema: Any) -> None:
+        self.plan, self.source, self.output = plan, source, Path(output)
+        # one thread per actor: the pool already runs one actor per core
+        self.classify = BatchClassifier(plan.model_dir, plan.text_column, schema, threads=1)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[int]]:
+        shards = [int(shard) for shard in batch["shard"]]
+        return {"shard": shards, "rows": [self.write(shard) for shard in shards]}
+
+    def write(self, shard: int) -> int:
+        tables = map(self.classify, shard_tables(self.plan, self.source, shard))
+        return write_parquet(tables, self.output / part_name(shard))
+
+
+def part_name(shard: int) -> str:
+    return f"part-{shard:05d}.parquet"
+
+
 def _run_ray(
-    model_dir: Path,
-    files: list[Path],
-    kind: str,
-    output: Path,
-    column: str,
-    batch_rows: int,
-    address: str | None,
-    actors: int | None,
+    plan: Plan, source: Source, output: Path, progress: bool, address: str | None, actors: int | None
 ) -> int:
+    shards = math.ceil(source.total / plan.shard_rows)
+    if shards > MAX_SHARDS:
+        least = math.ceil(source.total / (MAX_SHARDS - 1))
+        raise ConfigError(
+            f"{source.total:,} rows in shards of {plan.shard_rows:,} make {shards:,} parts, over "
+            f"{MAX_SHARDS - 1:,}; raise --shard-rows to at least {least:,}"
+        )
+    _prepare_output(output)
     ray, started_here = _start_ray(address)
     try:
-        return _ray_pipeline(ray, model_dir, files, kind, output, column, batch_rows, actors)
+        written = _ray_pipeline(ray, plan, source, output, shards, progress, actors)
     finally:
         if started_here:
             ray.shutdown()
+    return _check_parts(written, shards, source.total, output)
+
+
+def _prepare_output(output: Path) -> None:
+    """Parts of an earlier run would mix with this one's: the folder must be new or empty."""
+    if output.is_file():
+        raise DataError(f"{output} is a file; --engine ray writes a folder of parts: pass a folder path")
+    if output.is_dir() and any(output.iterdir()):
+        raise DataError(
+            f"{output} is not empty ({sum(1 for _ in output.iterdir())} entries); --engine ray writes "
+            "its parts into a new or empty folder: remove it or pass another --output"
+        )
+    output.mkdir(parents=True, exist_ok=True)
 
 
 def _ray_pipeline(
-    ray: Any,
-    model_dir: Path,
-    files: list[Path],
-    kind: str,
-    output: Path,
-    column: str,
-    batch_rows: int,
-    actors: int | None,
-) -> int:
-    schema = _probe_schema(model_dir, files, kind, column)
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # output rows in input order
-    context.enable_progress_bars = True
-    # one CPU stays free for the (light) read and write tasks, or they would wait on the actors forever
-    pool = actors or max(int(ray.cluster_resources().get("CPU", 1)) - 1, 1)
-    # a few blocks per actor, or one big file would feed a single actor
-    dataset = _ray_read(ray, files, kind, blocks=max(len(files), 4 * pool))
-    classified = dataset.map_batches(
-        BatchClassifier,
+    ray: Any, plan: Plan, source: Source, output: Path, shards: int, progress: bool, actors: int | None
+) -> dict[int, int]:
+    pool = min(actors or max(int(ray.cluster_resources().get("CPU", 1)), 1), shards)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts rows, not blocks
+    numbers = ray.data.from_items([{"shard": i} for i in range(shards)], override_num_blocks=shards)
+    done = numbers.map_batches(
+        ShardWriter,
         fn_constructor_kwargs={
-            "model_dir": str(model_dir.resolve()),
-            "text_column": column,
-            "schema": schema,
-            "threads": 1,
+            "plan": plan,
+            "source": source,
+            "output": str(output.resolve()),
+            "schema": _probe_schema(plan, source),
         },
-        batch_size=batch_rows,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=pool),
+        batch_size=1,
+        # one shard in flight per actor: a free actor takes the next shard, none queues behind a busy one
+        compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),
         num_cpus=1,
     )
-    classified.write_parquet(str(output.resolve()), filename_provider=_ordered_names())
-    return sum(pq_rows(p) for p in sorted(output.glob("*.parquet")))
+    written: dict[int, int] = {}
+    with _progress(source.total, progress) as bar:
+        for row in done.iter_rows():
+            written[int(row["shard"])] = int(row["rows"])
+            bar.update(int(row["rows"]))
+    return written
+
+
+def _check_parts(written: dict[int, int], shards: int, total: int, output: Path) -> int:
+    """Every shard wrote its part and together they hold every input row."""
+    missing = sorted(set(range(shards)) - set(written))
+    if missing or sum(written.values()) != total:
+        raise DataError(
+            f"{output} holds {len(written)} of {shards} parts with {sum(written.values()):,} of {total:,} "
+            f"rows (missing: {missing[:5]}); was the input changed while read? rerun into an empty folder"
+        )
+    return total
 
 
 def _start_ray(address: str | None) -> tuple[Any, bool]:
@@ -285,52 +514,15 @@ def _start_ray(address: str | None) -> tuple[Any, bool]:
         raise ConfigError("--engine ray needs Ray Data: pip install 'shelver[batch]'") from None
     if ray.is_initialized():
         return ray, False
-    if (
-        address is None
-    ):  # local mode: one extra logical CPU for reading and writing, so every core runs an actor
-        ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False, log_to_driver=False)
+    if address is None:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
     else:
         ray.init(address=address, log_to_driver=False)
     return ray, True
 
 
-def _probe_schema(model_dir: Path, files: list[Path], kind: str, column: str) -> Any:
-    """The decision columns' types, from the first rows, so every actor writes the same schema."""
-    first = next(read_batches(files[:1], kind, 256), None)
-    if first is None:
-        raise DataError(f"{files[0]} has no rows to classify")
-    probe = BatchClassifier(str(model_dir), column)
-    probe(first)
+def _probe_schema(plan: Plan, source: Source) -> Any:
+    """The decision columns' types, from the first rows, so every part has the same schema."""
+    probe = BatchClassifier(plan.model_dir, plan.text_column)
+    probe(next(read_rows(source, 0, min(source.total, 256), 256)))
     return probe.schema
-
-
-def _ray_read(ray: Any, files: list[Path], kind: str, blocks: int) -> Any:
-    paths = [str(f.resolve()) for f in files]
-    if kind == "parquet":
-        return ray.data.read_parquet(paths, override_num_blocks=blocks)
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    header = pacsv.open_csv(files[0]).schema.names
-    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False)
-    return ray.data.read_csv(paths, convert_options=convert, override_num_blocks=blocks)
-
-
-def _ordered_names() -> Any:
-    from ray.data.datasource import FilenameProvider
-
-    class OrderedNames(FilenameProvider):
-        """``part-<task>-<block>.parquet``: sorting the names gives the rows back in input order."""
-
-        def get_filename_for_block(
-            self, block: Any, write_uuid: str, task_index: int, block_index: int
-        ) -> str:
-            return f"part-{task_index:06d}-{block_index:06d}.parquet"
-
-    return OrderedNames()
-
-
-def pq_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows

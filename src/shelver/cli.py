@@ -545,11 +545,17 @@ def serve(model_dir: Path, host: str, port: int, workers: int, log_level: str) -
     "output_path",
     required=True,
     type=click.Path(path_type=Path),
-    help="Parquet file to write (a folder of parts with --engine ray).",
+    help="Parquet file to write (with --engine ray, a new or empty folder of parts in input order).",
 )
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--text-column", default="text", show_default=True, help="Column holding the queries.")
 @click.option("--batch-rows", default=2048, show_default=True, help="Rows classified at a time.")
+@click.option(
+    "--shard-rows",
+    default=50_000,
+    show_default=True,
+    help="Consecutive rows per shard: one Ray task and one output part each.",
+)
 @click.option("--ray-address", help="A Ray cluster's address (default: start Ray on this machine).")
 @click.option("--actors", type=int, help="Ray actors, each with its own model (default: one per CPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -560,6 +566,7 @@ def classify_batch(
     engine: str,
     text_column: str,
     batch_rows: int,
+    shard_rows: int,
     ray_address: str | None,
     actors: int | None,
     quiet: bool,
@@ -574,6 +581,7 @@ def classify_batch(
         engine=engine,
         text_column=text_column,
         batch_rows=batch_rows,
+        shard_rows=shard_rows,
         progress=not quiet,
         ray_address=ray_address,
         actors=actors,
