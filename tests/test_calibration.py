@@ -58,6 +58,8 @@ def test_calibration_never_changes_the_argmax(pair, tiny_frames):
     P1, P2 = calibrated.predict_proba(texts)
     if not calibrated.head_.leaf_first:
         np.testing.assert_array_equal(P1.argmax(axis=1), before.categories)
+    else:  # the level-1 temperature keeps the order of the (tempered) leaf sums
+        np.testing.assert_array_equal(P1.argmax(axis=1), calibrated.head_.category_sums(P2).argmax(axis=1))
     leaf_category = np.asarray(calibrated.taxonomy_.leaf_category)
     masked = np.where(leaf_category[None, :] == after.categories[:, None], P2, -1.0)
     np.testing.assert_array_equal(masked.argmax(axis=1), before.leaves)
@@ -84,6 +86,65 @@ def test_temperatures_keep_argmax_per_level_and_group(seed, t1, t2, tg):
         cols = np.flatnonzero(leaf_category == c)
         np.testing.assert_array_equal(P2c[:, cols].argmax(axis=1), P2[:, cols].argmax(axis=1))
     np.testing.assert_allclose(P2c @ np.eye(3)[leaf_category], P1c, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), t1=st.floats(0.25, 20.0), t2=st.floats(0.25, 20.0))
+def test_flat_level1_temperature_keeps_the_order_of_the_sums(seed, t1, t2):
+    rng = np.random.default_rng(seed)
+    leaf_category = np.array([0, 0, 0, 1, 1, 2])
+    P2 = rng.dirichlet(np.full(6, 0.3), size=20).astype(np.float32)
+    P1c, P2c = Calibration(t1, t2, leaf_first=True).apply(P2 @ np.eye(3)[leaf_category], P2, leaf_category)
+    sums = P2c @ np.eye(3)[leaf_category]
+    np.testing.assert_array_equal(P2c.argmax(axis=1), P2.argmax(axis=1))
+    np.testing.assert_array_equal(np.argsort(-P1c, axis=1), np.argsort(-sums, axis=1))
+    np.testing.assert_allclose(P1c.sum(axis=1), 1.0, atol=1e-5)
+
+
+def flat_scores(seed: int, cat_scale: float, within_scale: float, n: int = 4000):
+    """A leaf-first head whose categories are ``cat_scale`` times too confident (logits) and
+    whose leaves inside a category ``within_scale`` times: one leaf temperature cannot fix both."""
+    rng = np.random.default_rng(seed)
+    leaf_category = np.repeat(np.arange(4), 3)
+    members = np.eye(4)[leaf_category]
+    q = temper(np.exp(rng.normal(size=(n, 4)) * 1.5), 1.0)
+    w = np.exp(rng.normal(size=(n, 12)) * 1.5)
+    w /= w @ members @ members.T
+    cumulative = np.cumsum(q[:, leaf_category] * w, axis=1)
+    truth = np.minimum((cumulative < rng.uniform(size=(n, 1))).sum(axis=1), 11)
+    within = w**within_scale
+    P2 = temper(q, 1 / cat_scale)[:, leaf_category] * within / (within @ members @ members.T)
+    return P2 @ members, P2, truth, leaf_category
+
+
+@pytest.mark.parametrize("cat_scale, within_scale", [(3.0, 1 / 3), (0.5, 2.0)], ids=["over", "under"])
+def test_flat_level1_temperature_lowers_the_level1_ece(cat_scale, within_scale):
+    P1, P2, truth, leaf_category = flat_scores(0, cat_scale, within_scale)
+    fit, held = slice(0, 2000), slice(2000, None)  # fitted on one half, measured on the other
+    calibration = Calibration.fit(P1[fit], P2[fit], truth[fit], leaf_category, leaf_first=True)
+    leaf_only = Calibration(level2=calibration.level2, leaf_first=True)  # before issue 4's fix
+    categories = leaf_category[P2[held].argmax(axis=1)]  # flat decodes the leaf first
+    right, rows = categories == leaf_category[truth[held]], np.arange(len(categories))
+
+    def level1_ece(c: Calibration | None) -> float:
+        P = P1[held] if c is None else c.apply(P1[held], P2[held], leaf_category)[0]
+        return expected_calibration_error(P[rows, categories], right)
+
+    after = level1_ece(calibration)
+    assert after <= level1_ece(None) and after < level1_ece(leaf_only) * 0.6
+    P1c, P2c = calibration.apply(P1[held], P2[held], leaf_category)
+    np.testing.assert_array_equal(P1c.argmax(axis=1), (P2c @ np.eye(4)[leaf_category]).argmax(axis=1))
+    np.testing.assert_array_equal(P2c.argmax(axis=1), P2[held].argmax(axis=1))
+    np.testing.assert_allclose(P1c.sum(axis=1), 1.0, atol=1e-5)
+    names = ["A", "B", "C", "D"]
+    assert Calibration.from_dict(calibration.to_dict(names), names) == calibration
+
+
+def test_flat_identity_level1_keeps_the_sums_exactly():
+    """Models saved before the level-1 temperature of the flat head load with ``level1`` 1."""
+    P1, P2, _, leaf_category = flat_scores(1, 1.0, 1.0, n=50)
+    P1c, _ = Calibration(level2=2.0, leaf_first=True).apply(P1, P2, leaf_category)
+    np.testing.assert_array_equal(P1c, (temper(P2, 2.0) @ np.eye(4)[leaf_category]).astype(np.float32))
 
 
 def test_fit_temperature_recovers_an_overconfident_model():
@@ -180,6 +241,8 @@ def test_save_load_keeps_calibration_and_thresholds(pair, tiny_frames, tmp_path)
     calibrated.save(tmp_path / "model")
     loaded = load_model(tmp_path / "model")
     assert loaded.calibration_ == calibrated.calibration_
+    for before, after in zip(calibrated.predict_proba(texts), loaded.predict_proba(texts), strict=True):
+        np.testing.assert_array_equal(after, before)
     assert loaded.thresholds_ == calibrated.thresholds_
     assert [p.to_dict() for p in loaded.classify(texts)] == [p.to_dict() for p in calibrated.classify(texts)]
     assert "calibration.json" in (tmp_path / "model" / "manifest.json").read_text()

@@ -25,9 +25,10 @@ class Prediction:
 
     ``path`` has one entry per level, ``""`` where the level was withheld. ``confidence`` is the
     calibrated confidence of the best candidate at each level (``confidence[1]`` is the joint
-    probability of the whole path, so it never exceeds ``confidence[0]``), given even when the
-    level was withheld. ``candidate`` is the best full path, answered or not. ``paths`` holds
-    every answered path (several for a multi-label model; empty when abstaining).
+    probability of the whole path; it never exceeds ``confidence[0]``, except for a calibrated
+    flat head, whose levels have a temperature each), given even when the level was withheld.
+    ``candidate`` is the best full path, answered or not. ``paths`` holds every answered path
+    (several for a multi-label model; empty when abstaining).
     """
 
     text: str

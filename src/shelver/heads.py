@@ -66,7 +66,9 @@ class LinearSoftmax:
         if len(classes) == 2:  # sklearn keeps one row for two classes: make it symmetric
             coef = np.vstack([-coef / 2, coef / 2])
             intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
-        return cls(classes, coef.astype(np.float32), intercept.astype(np.float32))
+        # C order, as a loaded model has: BLAS rounds X @ coef.T differently for an F-ordered
+        # coef (sklearn's), and a reloaded model's probabilities would differ in the last bit
+        return cls(classes, np.ascontiguousarray(coef, np.float32), intercept.astype(np.float32))
 
     def proba(self, X: np.ndarray) -> np.ndarray:
         """``(n, len(classes))`` probabilities."""
