@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, make_rows
 
 from shelver.errors import ConfigError
-from shelver.pipeline import RunContext, load_bootstrap_config, read_manifest, run_pipeline
+from shelver.pipeline import STAGES, RunContext, load_bootstrap_config, read_manifest, run_pipeline
 
 FAST = ("label.encoder=hashing", "train.encoder.name=hashing", "select.min_confidence=0.0")
 RESULTS = ("select/train.csv", "select/valid.csv", "evaluate/comparison.json", "review/review.csv")
@@ -124,6 +124,35 @@ def test_reviewed_queries_come_back_as_human_labels(inputs: dict[str, Path], tmp
     train = pd.concat([pd.read_csv(out / "select" / f) for f in ("train.csv", "valid.csv")])
     assert (train["source"] == "human").sum() == 2
     assert not set(review["text"][:2]) & set(pd.read_csv(out / "review" / "review.csv")["text"])
+
+
+def test_review_reads_the_label_store_once_whatever_the_log_size(
+    inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shelver.labeling import LabelStore
+
+    out = tmp_path / "run"
+    _run(inputs, out)
+    reads: list[str] = []
+    for name in ("__init__", "labels", "human_queries", "_all", "_one"):
+        original = getattr(LabelStore, name)
+        monkeypatch.setattr(LabelStore, name, _counted(original, name, reads))
+    ctx = RunContext(
+        inputs["taxonomy"], inputs["log"], out, load_bootstrap_config(None, FAST), progress=False
+    )
+    (tmp_path / "review").mkdir()
+    summary = STAGES["review"].run(ctx, tmp_path / "review")
+    assert summary["log_queries"] > 20  # reading per query would show as that many opens
+    assert reads.count("__init__") == 1 and reads.count("human_queries") == 1
+    assert "labels" not in reads
+
+
+def _counted(method, name: str, calls: list[str]):
+    def wrapper(*args, **kwargs):
+        calls.append(name)
+        return method(*args, **kwargs)
+
+    return wrapper
 
 
 def test_bad_config_names_the_fix(tmp_path: Path) -> None:

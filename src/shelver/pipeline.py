@@ -548,7 +548,8 @@ def _review_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     from shelver.model_dir import load_model
 
     model = load_model(ctx.stage_dir("train") / "model").set_params(progress=ctx.progress)
-    queries = [(q, c) for q, c in read_query_log(ctx.log_path) if q not in _human_labeled(ctx)]
+    human = _human_labeled(ctx)  # once: read per log query, it made the stage quadratic
+    queries = [(q, c) for q, c in read_query_log(ctx.log_path) if q not in human]
     frame = review_frame(model, queries, ctx.config.review.limit)
     frame.to_csv(directory / REVIEW_FILE, index=False)
     return {
@@ -562,7 +563,7 @@ def _human_labeled(ctx: RunContext) -> set[str]:
     from shelver.labeling import LabelStore
 
     with LabelStore(store_path(ctx), create=False) as store:
-        return {r["query"] for r in store.labels() if r["source"] == "human"}
+        return store.human_queries()
 
 
 def review_frame(model: Any, queries: list[tuple[str, int]], limit: int) -> pd.DataFrame:

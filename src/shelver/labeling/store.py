@@ -262,6 +262,10 @@ class LabelStore:
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    def human_queries(self) -> set[str]:
+        """The queries a person has labeled (one query, however large the store)."""
+        return {row[0] for row in self._all("SELECT query FROM labels WHERE source = 'human'")}
+
     def call_stats(self) -> dict[str, Any]:
         """Counts by status, repairs and rejection reasons, and token totals, over every call."""
         by_status = dict(self._all("SELECT status, COUNT(*) FROM calls GROUP BY status"))
