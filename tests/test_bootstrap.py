@@ -14,11 +14,19 @@ import pandas as pd
 import pytest
 from conftest import REPO, make_rows
 
+from shelver.data import read_labeled
 from shelver.errors import ConfigError
-from shelver.pipeline import RunContext, load_bootstrap_config, read_manifest, run_pipeline
+from shelver.pipeline import STAGES, RunContext, load_bootstrap_config, read_manifest, run_pipeline
+from shelver.taxonomy import Taxonomy
 
 FAST = ("label.encoder=hashing", "train.encoder.name=hashing", "select.min_confidence=0.0")
-RESULTS = ("select/train.csv", "select/valid.csv", "evaluate/comparison.json", "review/review.csv")
+RESULTS = (
+    "select/train.csv",
+    "select/valid.csv",
+    "synthesize/synthetic.csv",
+    "evaluate/comparison.json",
+    "review/review.csv",
+)
 
 
 @pytest.fixture()
@@ -46,13 +54,13 @@ def test_embedding_run_writes_every_stage_then_skips_them_all(
     out = tmp_path / "run"
     first = _run(inputs, out)
     assert first == {
-        "label": "ran", "select": "ran", "synthesize": "unavailable", "train": "ran",
+        "label": "ran", "select": "ran", "synthesize": "ran", "train": "ran",
         "evaluate": "ran", "export": "ran", "review": "ran",
     }  # fmt: skip
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["config"]["train"]["encoder"]["name"] == "hashing"
     assert resolved["config"]["train"]["decision"]["target_precision"] == 0.9
-    for stage in ("label", "select", "train", "evaluate", "export", "review"):
+    for stage in ("label", "select", "synthesize", "train", "evaluate", "export", "review"):
         assert read_manifest(out / stage)["hash"], stage
     table = json.loads((out / "evaluate" / "comparison.json").read_text())
     assert set(table["n"]) == {"llm_heldout", "real_sample"}
@@ -86,6 +94,7 @@ def test_changed_config_reruns_that_stage_and_every_later_one(
     statuses = _run(inputs, out, "train.head.C=0.5", "select.valid_fraction=0.3")
     assert [s for s, v in statuses.items() if v == "ran"] == [
         "select",
+        "synthesize",
         "train",
         "evaluate",
         "export",
@@ -100,8 +109,8 @@ def test_from_forces_a_restart_from_that_stage(inputs: dict[str, Path], tmp_path
     assert statuses["train"] == "skipped" and statuses["evaluate"] == statuses["review"] == "ran"
     with pytest.raises(ConfigError, match="--from 'fit' is not a stage; stages: label, select, synthesize"):
         _run(inputs, out, start_from="fit")
-    with pytest.raises(ConfigError, match="--from 'synthesize': that stage is not available"):
-        _run(inputs, out, start_from="synthesize")
+    statuses = _run(inputs, out, start_from="synthesize")
+    assert statuses["select"] == "skipped" and statuses["synthesize"] == statuses["train"] == "ran"
 
 
 def test_reviewed_queries_come_back_as_human_labels(inputs: dict[str, Path], tmp_path: Path) -> None:
@@ -115,7 +124,10 @@ def test_reviewed_queries_come_back_as_human_labels(inputs: dict[str, Path], tmp
     counts = review["count"].tolist()
     doubtful = review["decision"] != "full"
     assert counts[: doubtful.sum()] == sorted(counts[: doubtful.sum()], reverse=True)  # most frequent first
-    review.loc[:1, "human_path"] = "Tops > Tops"
+    # two reviewed queries outside the labeled sample (select never trains on the sample's queries)
+    sample = set(pd.read_csv(inputs["sample"])["text"].str.lower())
+    reviewed = review.index[~review["text"].isin(sample)][:2]
+    review.loc[reviewed, "human_path"] = "Tops > Tops"
     review.to_csv(out / "reviewed.csv", index=False)
     with LabelStore(out / "label" / "labels.sqlite", create=False) as store:
         assert import_reviews(store, out / "reviewed.csv") == 2
@@ -123,7 +135,95 @@ def test_reviewed_queries_come_back_as_human_labels(inputs: dict[str, Path], tmp
     assert statuses["label"] == "skipped" and statuses["select"] == "ran"
     train = pd.concat([pd.read_csv(out / "select" / f) for f in ("train.csv", "valid.csv")])
     assert (train["source"] == "human").sum() == 2
-    assert not set(review["text"][:2]) & set(pd.read_csv(out / "review" / "review.csv")["text"])
+    assert not set(review["text"][reviewed]) & set(pd.read_csv(out / "review" / "review.csv")["text"])
+
+
+def test_review_reads_the_label_store_once_whatever_the_log_size(
+    inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shelver.labeling import LabelStore
+
+    out = tmp_path / "run"
+    _run(inputs, out)
+    reads: list[str] = []
+    for name in ("__init__", "labels", "human_queries", "_all", "_one"):
+        original = getattr(LabelStore, name)
+        monkeypatch.setattr(LabelStore, name, _counted(original, name, reads))
+    ctx = RunContext(
+        inputs["taxonomy"], inputs["log"], out, load_bootstrap_config(None, FAST), progress=False
+    )
+    (tmp_path / "review").mkdir()
+    summary = STAGES["review"].run(ctx, tmp_path / "review")
+    assert summary["log_queries"] > 20  # reading per query would show as that many opens
+    assert reads.count("__init__") == 1 and reads.count("human_queries") == 1
+    assert "labels" not in reads
+
+
+def _counted(method, name: str, calls: list[str]):
+    def wrapper(*args, **kwargs):
+        calls.append(name)
+        return method(*args, **kwargs)
+
+    return wrapper
+
+
+def test_synthesize_fills_only_the_tail_without_leaks_and_counts_real_rows_only(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    from shelver.labeling import normalize_query
+    from shelver.model_dir import load_model
+    from shelver.synthesis import normalize
+
+    out = tmp_path / "run"
+    _run(inputs, out)
+    taxonomy = Taxonomy.load(inputs["taxonomy"])
+    counts = read_labeled(out / "select" / "train.csv", taxonomy).y.tolist()
+    per_leaf = pd.Series([" > ".join(p) for p in counts]).value_counts()
+    threshold = int(per_leaf.median())
+    statuses = _run(inputs, out, f"synthesize.min_examples={threshold}")
+    assert statuses["select"] == "skipped" and statuses["synthesize"] == statuses["train"] == "ran"
+    summary = read_manifest(out / "synthesize")["summary"]
+    synthetic = read_labeled(out / "synthesize" / "synthetic.csv", taxonomy)  # checks every path
+    assert summary["kept"] == len(synthetic) > 0 and "judge" in summary["removed"]
+    assert all(source.startswith("synthetic:") for source in synthetic.source)
+    tail = set(per_leaf[per_leaf < threshold].index) | {" > ".join(p) for p in taxonomy.paths} - set(
+        per_leaf.index
+    )
+    assert {" > ".join(p) for p in synthetic.y.tolist()} <= tail < {" > ".join(p) for p in taxonomy.paths}
+    held_out = pd.concat([pd.read_csv(out / "select" / "valid.csv"), pd.read_csv(inputs["sample"])])["text"]
+    assert not {normalize(t) for t in synthetic.texts} & {normalize(normalize_query(t)) for t in held_out}
+    train = read_manifest(out / "train")["summary"]
+    assert train["synthetic_rows"] == len(synthetic)
+    assert load_model(out / "train" / "model").train_counts_.sum() == train["train_rows"] == len(counts)
+
+
+def test_synthesize_disabled_trains_on_the_selected_rows_only(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    statuses = _run(inputs, out, "synthesize.enabled=false")
+    assert statuses["synthesize"] == "ran"
+    assert read_manifest(out / "synthesize")["summary"] == {"enabled": False, "kept": 0}
+    assert not (out / "synthesize" / "synthetic.csv").exists()
+    assert read_manifest(out / "train")["summary"]["synthetic_rows"] == 0
+
+
+def test_synthesize_llm_writes_with_the_label_backend(
+    inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shelver.labeling.backends.fake import FakeBackend
+
+    with pytest.raises(ConfigError, match="writes with the label stage's LLM backend, but label.backends is"):
+        load_bootstrap_config(None, ("synthesize.generators=llm",))
+    with pytest.raises(ConfigError, match="synthesize.generators has 'gpt'; use some of attributes, titles"):
+        load_bootstrap_config(None, ('synthesize.generators=["titles", "gpt"]',))
+    labeling = FakeBackend._next
+    written = "cheap boots\nwarm winter boots\nnavy hiking boots"
+    monkeypatch.setattr(FakeBackend, "_next", lambda self, r: labeling(self, r) if r.choices else written)
+    out = tmp_path / "run"
+    _run(inputs, out, 'label.backends=["fake"]', "synthesize.generators=llm")
+    sources = set(pd.read_csv(out / "synthesize" / "synthetic.csv")["source"])
+    assert sources == {"synthetic:llm:fake-first"}
 
 
 def test_bad_config_names_the_fix(tmp_path: Path) -> None:

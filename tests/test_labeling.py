@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
+from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -208,6 +212,27 @@ def test_calls_stored_before_a_kill_are_decided_without_calling_again(taxonomy, 
         summary = lab.run(store, progress=False)
         assert summary.calls == 0 and lab.voters[0].backend.calls == []
         assert labels_by_query(store)["red sneakers"]["path"] == "Shoes > Sneakers"
+
+
+STORE_THEN_DIE = """
+import os, signal, sys
+from shelver.labeling import LabelStore
+store = LabelStore(sys.argv[1])
+store.add_queries([("red sneakers", 1)])
+store.record_human([("red sneakers", ("Shoes", "Sneakers"))], "test")
+os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint: only the WAL holds the commit
+"""
+
+
+def test_the_store_syncs_normally_in_wal_and_a_killed_writer_loses_no_commit(tmp_path):
+    path = tmp_path / "s.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    died = subprocess.run([sys.executable, "-c", STORE_THEN_DIE, str(path)], env=env, capture_output=True)
+    assert died.returncode == -9, died.stderr.decode()[-2000:]
+    with LabelStore(path, create=False) as store:
+        assert store.human_queries() == {"red sneakers"}
+        assert store._one("PRAGMA journal_mode")[0] == "wal"
+        assert store._one("PRAGMA synchronous")[0] == 1  # NORMAL (FULL is 2): one fsync per checkpoint
 
 
 def test_the_store_refuses_another_taxonomy(taxonomy, index, tmp_path):

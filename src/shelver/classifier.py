@@ -97,7 +97,10 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         self.lexical_options = lexical_options
 
     # ---- fitting ------------------------------------------------------------------------
-    def fit(self, X: Sequence[str], y: Any) -> HierarchicalClassifier:
+    def fit(self, X: Sequence[str], y: Any, source: Sequence[str] | None = None) -> HierarchicalClassifier:
+        """Fit on texts ``X`` and ``(n, depth)`` paths ``y``. Rows whose ``source`` starts with
+        ``synthetic`` train like any other but are left out of ``train_counts_``, so the
+        head/torso/tail bands of a report count real training rows only."""
         if self.taxonomy is None:
             raise ConfigError(
                 "HierarchicalClassifier needs taxonomy=Taxonomy.load(...); "
@@ -107,8 +110,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         texts, labels = _as_texts(X), _as_labels(y, self.taxonomy)
         if len(texts) != len(labels):
             raise DataError(f"X has {len(texts):,} texts but y has {len(labels):,} rows")
+        real = _real_rows(source, len(texts))
         if self.multi_label:
-            texts, labels = merge_multi_label(texts, labels)
+            texts, labels, real = _merged(texts, labels, real)
         leaves = np.array([self.taxonomy.leaf_index[tuple(row)] for row in labels])
         self.taxonomy_ = self.taxonomy
         self.encoder_ = self._build_encoder()
@@ -117,7 +121,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         self.head_: Head = make_head(self.head, self.taxonomy).fit(
             self._join(embeddings, texts), leaves, self._options(), progress=self.progress
         )
-        self.train_counts_ = np.bincount(leaves, minlength=len(self.taxonomy))
+        self.train_counts_ = np.bincount(leaves[real], minlength=len(self.taxonomy))
         self.train_fingerprint_ = _fingerprint(texts, labels)
         self.classes_ = level_classes(self.taxonomy)
         self._init_decisions()
@@ -323,6 +327,26 @@ def _as_labels(y: Any, taxonomy: Taxonomy) -> np.ndarray:
     labels = labels.astype(str)
     check_labels(labels, taxonomy, "y")
     return labels
+
+
+def _real_rows(source: Sequence[str] | None, n: int) -> np.ndarray:
+    """True for each row that is not synthetic (every row when there is no ``source``)."""
+    if source is None:
+        return np.ones(n, dtype=bool)
+    if isinstance(source, str) or len(source) != n:
+        got = "one string" if isinstance(source, str) else f"{len(source):,} values"
+        raise DataError(f"source must hold one value per row of X ({n:,}), got {got}; pass data.source")
+    return np.array([not str(s).startswith("synthetic") for s in source], dtype=bool)
+
+
+def _merged(
+    texts: list[str], labels: np.ndarray, real: np.ndarray
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``merge_multi_label``, and a merged (text, path) is real when any of its rows was."""
+    real_pairs = {(t, tuple(p)) for t, p, r in zip(texts, labels, real, strict=True) if r}
+    texts, labels = merge_multi_label(texts, labels)
+    merged_real = [(t, tuple(p)) in real_pairs for t, p in zip(texts, labels, strict=True)]
+    return texts, labels, np.array(merged_real, dtype=bool)
 
 
 def _fingerprint(texts: Sequence[str], labels: np.ndarray) -> str:

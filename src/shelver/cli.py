@@ -605,7 +605,10 @@ def classify_batch(
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 @click.option(
-    "--config", "config_path", type=existing_file, help="TOML: [label] [select] [train] [export] [review]."
+    "--config",
+    "config_path",
+    type=existing_file,
+    help="TOML: [label] [select] [synthesize] [train] [export] [review].",
 )
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override, e.g. select.min_confidence=0.6."
@@ -617,7 +620,9 @@ def classify_batch(
     help="Real queries with labels: scored beside the LLM labels.",
 )
 @click.option(
-    "--from", "start_from", help="Re-run from this stage (label, select, train, evaluate, export, review)."
+    "--from",
+    "start_from",
+    help="Re-run from this stage (label, select, synthesize, train, evaluate, export, review).",
 )
 @labeling_backend_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -635,7 +640,19 @@ def bootstrap(
     options: tuple[str, ...],
     quiet: bool,
 ) -> None:
-    """Label a raw log, train, calibrate, evaluate, export and list queries to review; resumable."""
+    """Label a raw log, train, calibrate, evaluate, export and list queries to review; resumable.
+
+    \b
+    [synthesize], between select and train (keys, defaults):
+      enabled = true          off: train on the selected labels only
+      min_examples = 50       leaves with fewer selected training rows get synthetic queries
+      per_class = 20          queries kept per leaf and generator, at most
+      generators = ["attributes", "titles"]   add "llm" to write with the label backend
+      judge_top_k = 3         label.encoder must rank the leaf in its top K (0: no judge)
+      seed = 0
+    Rows that duplicate training text or copy the held-out split or --labeled-sample are
+    dropped; kept rows (source synthetic:*) train but never count toward the tail bands.
+    """
     from shelver.pipeline import RunContext, load_bootstrap_config, run_pipeline
 
     config = load_bootstrap_config(

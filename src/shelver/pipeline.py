@@ -3,7 +3,7 @@
 ```
 label     the log -> a SQLite label store (LLM or embedding voters; resumable after any kill)
 select    labels at or above a confidence -> train.csv / valid.csv, split by a hash of the text
-(synthesize: tail-class queries; issue 6 plugs in here, not registered yet)
+synthesize  queries for leaves still under synthesize.min_examples training rows, filtered
 train     train_model on train.csv, calibrated (thresholds) on valid.csv
 evaluate  held-out LLM-labeled valid and, when given, a real labeled sample: side by side
 export    the serving model (ONNX encoder when it has a transformer; optional)
@@ -70,6 +70,23 @@ class SelectStage:
 
 
 @dataclass(frozen=True)
+class SynthesizeStage:
+    # on by default: the leaves a fresh log barely covers are where a bootstrapped model is weakest
+    enabled: bool = True
+    # leaves with fewer selected training rows than this get synthetic ones (the report's tail: 50)
+    min_examples: int = 50
+    # queries kept per leaf and generator, at most
+    per_class: int = 20
+    # attributes and titles (the log's own queries, query-ized) need no model; "llm" writes with
+    # the label stage's LLM backend
+    generators: tuple[str, ...] = ("attributes", "titles")
+    # the judge (label.encoder against the leaf descriptions) must rank the intended leaf in its
+    # top K; 3 as in benchmarks/synthesis.py (top 1 removed rows that still taught); 0: no judge
+    judge_top_k: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ExportStage:
     # ONNX export of a transformer encoder takes minutes on CPU; a hashing encoder needs none
     onnx: bool = True
@@ -93,6 +110,7 @@ def _bootstrap_train_default() -> TrainConfig:
 class BootstrapConfig:
     label: LabelStage = field(default_factory=LabelStage)
     select: SelectStage = field(default_factory=SelectStage)
+    synthesize: SynthesizeStage = field(default_factory=SynthesizeStage)
     train: TrainConfig = field(default_factory=_bootstrap_train_default)
     export: ExportStage = field(default_factory=ExportStage)
     review: ReviewStage = field(default_factory=ReviewStage)
@@ -101,11 +119,18 @@ class BootstrapConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-_SECTIONS = {"label": LabelStage, "select": SelectStage, "export": ExportStage, "review": ReviewStage}
+_SECTIONS = {
+    "label": LabelStage,
+    "select": SelectStage,
+    "synthesize": SynthesizeStage,
+    "export": ExportStage,
+    "review": ReviewStage,
+}
 
 
 def load_bootstrap_config(path: str | Path | None = None, overrides: tuple[str, ...] = ()) -> BootstrapConfig:
-    """Defaults, then the TOML file (sections label, select, train, export, review), then overrides."""
+    """Defaults, then the TOML file (sections label, select, synthesize, train, export, review),
+    then overrides."""
     values: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
     for item in overrides:
         _set_dotted(values, *_parse_override(item))
@@ -113,11 +138,13 @@ def load_bootstrap_config(path: str | Path | None = None, overrides: tuple[str, 
     if unknown:
         raise ConfigError(
             f"unknown bootstrap config section {sorted(unknown)[0]!r}; "
-            f"valid sections: {', '.join(['label', 'select', 'train', 'export', 'review'])}"
+            f"valid sections: {', '.join(['label', 'select', 'synthesize', 'train', 'export', 'review'])}"
         )
     sections = {name: _section(cls, values.get(name, {}), name) for name, cls in _SECTIONS.items()}
     train = _build(TrainConfig, _with_train_defaults(values.get("train", {})), "train.")
-    return BootstrapConfig(train=train, **sections)
+    config = BootstrapConfig(train=train, **sections)
+    _check_generators(config)  # before labeling, not hours later when the stage starts
+    return config
 
 
 def _with_train_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -129,9 +156,39 @@ def _with_train_defaults(values: dict[str, Any]) -> dict[str, Any]:
 def _section(cls: type, values: dict[str, Any], name: str) -> Any:
     built = _build(cls, values, f"{name}.")
     tuples = {
-        f.name: tuple(getattr(built, f.name)) for f in dataclasses.fields(cls) if "tuple" in str(f.type)
+        f.name: _as_tuple(getattr(built, f.name)) for f in dataclasses.fields(cls) if "tuple" in str(f.type)
     }
     return dataclasses.replace(built, **tuples)
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    # --set synthesize.generators=llm arrives as one string, not as the letters of one
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _check_generators(config: BootstrapConfig) -> None:
+    from shelver.synthesis import GENERATORS
+
+    generators = config.synthesize.generators
+    unknown = [g for g in generators if g not in GENERATORS]
+    if unknown:
+        raise ConfigError(
+            f"synthesize.generators has {unknown[0]!r}; use some of {', '.join(GENERATORS)} "
+            '(e.g. --set \'synthesize.generators=["attributes", "titles"]\')'
+        )
+    if config.synthesize.enabled and "llm" in generators and not _llm_voters(config.label):
+        raise ConfigError(
+            "synthesize.generators has 'llm', which writes with the label stage's LLM backend, but "
+            f"label.backends is {list(config.label.backends)}; add --backend openai or --backend "
+            "llamacpp, or drop 'llm' from synthesize.generators"
+        )
+
+
+def _llm_voters(label: LabelStage) -> list[Any]:
+    from shelver.labeling.config import voters_from_cli
+
+    voters = voters_from_cli(label.backends, label.model, label.base_url, label.options)
+    return [v for v in voters if v.backend != "embedding"]
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -168,8 +225,7 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {}
-# the order of every stage the pipeline knows, registered or not: "synthesize" (issue 6) slots in
-# after select once shelver.synthesis exists; until then it is skipped and named as such
+# the order of every stage the pipeline knows; one that is not registered is skipped and named as such
 ORDER = ("label", "select", "synthesize", "train", "evaluate", "export", "review")
 
 
@@ -407,6 +463,83 @@ def _require_rows(train: pd.DataFrame, valid: pd.DataFrame, cfg: SelectStage) ->
         )
 
 
+# ---- synthesize ---------------------------------------------------------------------------------
+SYNTHETIC_FILE = "synthetic.csv"
+
+
+def _synthesize_inputs(ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.config.synthesize
+    llm = cfg.enabled and "llm" in cfg.generators
+    return {
+        "config": dataclasses.asdict(cfg),
+        "encoder": ctx.config.label.encoder,  # the filters' and the judge's
+        "llm": [dataclasses.asdict(v) for v in _llm_voters(ctx.config.label)[:1]] if llm else None,
+        "labeled_sample": file_hash(ctx.labeled_sample) if ctx.labeled_sample else None,  # leaks
+    }
+
+
+def _synthesize_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
+    cfg = ctx.config.synthesize
+    if not cfg.enabled:
+        return {"enabled": False, "kept": 0}
+    from shelver import synthesis as s
+
+    result = _synthesize(ctx, cfg)
+    if result.rows:
+        s.write_rows(result.rows, ctx.taxonomy, directory / SYNTHETIC_FILE)
+    return {
+        "enabled": True,
+        "kept": len(result.rows),
+        "leaves": len(result.paths),
+        "generated": result.counts.generated,
+        "removed": result.counts.removed,
+        "by_source": result.by_source,
+    }
+
+
+def _synthesize(ctx: RunContext, cfg: SynthesizeStage) -> Any:
+    """Generate for the leaves under min_examples after select; filter against valid and the sample."""
+    from shelver import synthesis as s
+    from shelver.encoders import CachedEncoder, make_encoder
+
+    frame, y = s.read_training(ctx.stage_dir("select") / "train.csv", ctx.taxonomy)
+    encoder = CachedEncoder(make_encoder(ctx.config.label.encoder))  # one cache: filters and judge
+    judge = s.EmbeddingJudge(ctx.taxonomy, encoder) if cfg.judge_top_k > 0 else None
+    backend = _label_llm_backend(ctx) if "llm" in cfg.generators else None
+    try:
+        return s.synthesize(
+            ctx.taxonomy,
+            frame,
+            y,
+            s.make_generators(cfg.generators, cfg.seed, backend),
+            encoder=encoder,
+            min_examples=cfg.min_examples,
+            per_class=cfg.per_class,
+            avoid=_avoid_texts(ctx),
+            judge=judge,
+            filters=s.FilterConfig(judge_top_k=max(cfg.judge_top_k, 1)),
+            progress=ctx.progress,
+        )
+    finally:
+        if backend is not None:
+            backend.close()
+
+
+def _label_llm_backend(ctx: RunContext) -> Any:
+    from shelver.labeling import make_backend
+
+    spec = _llm_voters(ctx.config.label)[0]  # load_bootstrap_config checked there is one
+    return make_backend(spec.backend, spec.model, spec.options)
+
+
+def _avoid_texts(ctx: RunContext) -> list[str]:
+    """What synthetic rows must not copy: the held-out split and the real labeled sample."""
+    from shelver.synthesis import read_avoid
+
+    files = [ctx.stage_dir("select") / "valid.csv"]
+    return read_avoid(files + [ctx.labeled_sample] if ctx.labeled_sample else files)
+
+
 # ---- train --------------------------------------------------------------------------------------
 def _train_inputs(ctx: RunContext) -> dict[str, Any]:
     return {"config": ctx.config.train.to_dict()}
@@ -417,14 +550,38 @@ def _train_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     from shelver.training import train_model
 
     select = ctx.stage_dir("select")
-    train = read_labeled(select / "train.csv", ctx.taxonomy)
+    real = read_labeled(select / "train.csv", ctx.taxonomy)
+    train = _with_synthetic(ctx, real)
     valid = read_labeled(select / "valid.csv", ctx.taxonomy)
     model = train_model(
         ctx.config.train, ctx.taxonomy, train, progress=ctx.progress, valid=valid, workdir=directory / "work"
     )
     model.save(directory / "model")
     shutil.rmtree(directory / "work", ignore_errors=True)  # the model directory holds a copy
-    return {"train_rows": len(train), "valid_rows": len(valid), "head": ctx.config.train.head.kind}
+    return {
+        "train_rows": len(real),
+        "synthetic_rows": len(train) - len(real),
+        "valid_rows": len(valid),
+        "head": ctx.config.train.head.kind,
+    }
+
+
+def _with_synthetic(ctx: RunContext, real: Any) -> Any:
+    """The selected rows, then the synthesize stage's rows when its manifest says it kept some."""
+    import numpy as np
+
+    from shelver.data import LabeledData, read_labeled
+
+    manifest = read_manifest(ctx.stage_dir("synthesize"))
+    if manifest is None or not manifest.get("summary", {}).get("kept"):
+        return real
+    extra = read_labeled(ctx.stage_dir("synthesize") / SYNTHETIC_FILE, ctx.taxonomy)
+    return LabeledData(
+        real.texts + extra.texts,
+        np.vstack([real.y, extra.y]),
+        real.source + extra.source,
+        f"{real.origin} + {extra.origin}",
+    )
 
 
 # ---- evaluate -----------------------------------------------------------------------------------
@@ -548,7 +705,8 @@ def _review_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     from shelver.model_dir import load_model
 
     model = load_model(ctx.stage_dir("train") / "model").set_params(progress=ctx.progress)
-    queries = [(q, c) for q, c in read_query_log(ctx.log_path) if q not in _human_labeled(ctx)]
+    human = _human_labeled(ctx)  # once: read per log query, it made the stage quadratic
+    queries = [(q, c) for q, c in read_query_log(ctx.log_path) if q not in human]
     frame = review_frame(model, queries, ctx.config.review.limit)
     frame.to_csv(directory / REVIEW_FILE, index=False)
     return {
@@ -562,7 +720,7 @@ def _human_labeled(ctx: RunContext) -> set[str]:
     from shelver.labeling import LabelStore
 
     with LabelStore(store_path(ctx), create=False) as store:
-        return {r["query"] for r in store.labels() if r["source"] == "human"}
+        return store.human_queries()
 
 
 def review_frame(model: Any, queries: list[tuple[str, int]], limit: int) -> pd.DataFrame:
@@ -593,6 +751,7 @@ def review_frame(model: Any, queries: list[tuple[str, int]], limit: int) -> pd.D
 for _stage in (
     Stage("label", _label_inputs, _label_run, keep_dir=True),
     Stage("select", _select_inputs, _select_run),
+    Stage("synthesize", _synthesize_inputs, _synthesize_run),
     Stage("train", _train_inputs, _train_run),
     Stage("evaluate", _evaluate_inputs, _evaluate_run),
     Stage("export", _export_inputs, _export_run),

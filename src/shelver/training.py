@@ -63,7 +63,8 @@ def train_model(
         )
     if config.encoder.finetune:
         config = _with_finetuned_encoder(config, taxonomy, data, valid, workdir, progress)
-    model = build_model(config, taxonomy, progress).fit(data.texts, data.y)
+    # synthetic rows train but stay out of train_counts_: the report's bands count real rows
+    model = build_model(config, taxonomy, progress).fit(data.texts, data.y, source=data.source)
     return model.calibrate(valid.texts, valid.y) if valid is not None else model
 
 

@@ -1,4 +1,4 @@
-"""The durable label store: one SQLite file in WAL mode.
+"""The durable label store: one SQLite file in WAL mode, ``synchronous=NORMAL``.
 
 ```
 meta     taxonomy (JSON) and its hash, the resolved run configuration
@@ -11,6 +11,12 @@ labels   one row per query: the decision (path or none), confidence, agreement, 
          model, prompt version, raw output, status and error. Human labels (``labels import``)
          live here with source 'human' and are never overwritten by a machine decision.
 ```
+
+What survives what: a commit is written to the WAL (the operating system holds it) before it
+returns, so a killed process, SIGKILL included, loses nothing committed. ``synchronous=NORMAL``
+skips the fsync of every commit (``FULL`` paid two per call) and syncs at checkpoints instead, so
+a power loss or an operating-system crash can roll back the last commits: the store stays
+consistent, and those calls are simply made again on the next run.
 """
 
 from __future__ import annotations
@@ -64,8 +70,8 @@ class LabelStore:
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit is on disk before the call counts as done (paid work is never lost)
-            self._db.execute("PRAGMA synchronous=FULL")
+            # NORMAL in WAL mode: safe against a killed process, not against power loss (see above)
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(SCHEMA)
         self._check_schema()
@@ -171,7 +177,7 @@ class LabelStore:
 
     # ---- calls and decisions ---------------------------------------------------------------
     def record_call(self, call: dict[str, Any]) -> None:
-        """Store one finished call (one transaction: durable before this returns)."""
+        """Store one finished call (one transaction: it survives a killed process once this returns)."""
         row = dict(call, created=_now(), repairs=json.dumps(list(call.get("repairs", ()))))
         row["path"] = format_path(row["path"]) if row.get("path") else None
         columns = ", ".join(row)
@@ -261,6 +267,10 @@ class LabelStore:
             )
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def human_queries(self) -> set[str]:
+        """The queries a person has labeled (one query, however large the store)."""
+        return {row[0] for row in self._all("SELECT query FROM labels WHERE source = 'human'")}
 
     def call_stats(self) -> dict[str, Any]:
         """Counts by status, repairs and rejection reasons, and token totals, over every call."""
