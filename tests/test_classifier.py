@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.base import clone
+from sklearn.base import clone, is_classifier
 
 from shelver import HierarchicalClassifier, load_model
 from shelver.errors import ConfigError, DataError, NotFittedError
@@ -65,6 +65,21 @@ def test_sklearn_contract(taxonomy, tiny_xy):
     texts, y = tiny_xy
     assert model.fit(texts, y) is model
     assert not hasattr(model, "X_") and "texts" not in vars(model)  # training data not kept
+    fresh = clone(model)  # a fitted model clones to an unfitted one with the same parameters
+    assert fresh.get_params() == model.get_params() and not hasattr(fresh, "head_")
+
+
+def test_estimator_contract_without_sklearn_base(taxonomy):
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", head="flat", C=3.0)
+    assert is_classifier(model) and model._estimator_type == "classifier"
+    assert list(model.get_params()) == sorted(model.get_params())  # config.json keeps its key order
+    assert model.set_params(C=0.5, head="masked") is model and (model.C, model.head) == (0.5, "masked")
+    assert clone(model).get_params()["C"] == 0.5
+    assert repr(model).startswith("HierarchicalClassifier(C=0.5, ") and "head='masked'" in repr(model)
+    with pytest.raises(ConfigError, match=r"invalid parameter 'heads' for HierarchicalClassifier; valid"):
+        model.set_params(heads="flat")
+    with pytest.raises(ValueError, match="invalid parameter"):  # what sklearn's own set_params raises
+        model.set_params(alpha=1.0)
 
 
 def test_unfitted_and_bad_input_errors(taxonomy, tiny_xy):

@@ -3,20 +3,23 @@
 Body and head, as in setfit: an encoder turns texts into embeddings once (cached by text),
 and a head (flat, masked or per-group) is trained on them. ``__init__`` only stores
 parameters; everything learned ends in ``_`` and is set in ``fit``; training data is not kept.
+
+Serving loads this module, so it imports neither scikit-learn nor pandas: the estimator
+contract comes from ``ParamsMixin`` below (``sklearn.base.clone`` and ``is_classifier`` work on
+it), and training imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from shelver.calibration import Calibration, check_decision_params, choose_thresholds, default_thresholds
-from shelver.data import check_labels, merge_multi_label
 from shelver.decisions import (
     DECISIONS,
     Prediction,
@@ -34,7 +37,67 @@ from shelver.heads import Head, LinearOptions, make_head
 from shelver.taxonomy import Taxonomy, format_path
 
 
-class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
+class ParamsMixin:
+    """scikit-learn's estimator contract without importing scikit-learn.
+
+    ``get_params`` / ``set_params`` read and write the ``__init__`` parameters (``a__b`` reaches
+    into a nested estimator), which is all ``sklearn.base.clone`` needs; ``_estimator_type`` and
+    ``__sklearn_tags__`` make ``sklearn.base.is_classifier`` true. Tags are built only when
+    scikit-learn asks for them, so it is imported only by callers that already use it.
+    """
+
+    _estimator_type = "classifier"
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return sorted(p.name for p in parameters if p.name != "self" and p.kind != p.VAR_KEYWORD)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self._get_param_names():
+            value = getattr(self, name)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                out.update((f"{name}__{k}", v) for k, v in value.get_params().items())
+            out[name] = value
+        return out
+
+    def set_params(self, **params: Any) -> ParamsMixin:
+        valid = self._get_param_names()
+        for key, value in params.items():
+            name, _, inner = key.partition("__")
+            if name not in valid:
+                raise ConfigError(
+                    f"invalid parameter {name!r} for {type(self).__name__}; "
+                    f"valid parameters: {', '.join(valid)}"
+                )
+            if inner:
+                getattr(self, name).set_params(**{inner: value})
+            else:
+                setattr(self, name, value)
+        return self
+
+    def __sklearn_tags__(self) -> Any:
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
+
+        return Tags(
+            estimator_type="classifier",
+            target_tags=TargetTags(required=True, multi_output=True, single_output=False),
+            classifier_tags=ClassifierTags(),
+            input_tags=InputTags(one_d_array=True, two_d_array=False, string=True),
+        )
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = [f"{k}={v!r}" for k, v in self.get_params(deep=False).items() if not _same(v, defaults[k])]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+
+def _same(value: Any, default: Any) -> bool:
+    return value is default or (isinstance(value, str | int | float | tuple) and value == default)
+
+
+class HierarchicalClassifier(ParamsMixin):
     """Two-level query classifier.
 
     Parameters
@@ -138,7 +201,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     def _join(self, embeddings: np.ndarray, texts: list[str]) -> Any:
         lexical = getattr(self, "lexical_", None)
-        return join_features(embeddings, lexical.transform(texts) if lexical is not None else None)
+        return join_features(embeddings, lexical.rows(texts) if lexical is not None else None)
 
     def _options(self) -> LinearOptions:
         return LinearOptions(
@@ -317,7 +380,16 @@ def _as_texts(X: Any) -> list[str]:
     return [str(x) for x in X]
 
 
+def merge_multi_label(texts: list[str], labels: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """``shelver.data.merge_multi_label``, imported when training needs it (data.py loads pandas)."""
+    from shelver.data import merge_multi_label as merge
+
+    return merge(texts, labels)
+
+
 def _as_labels(y: Any, taxonomy: Taxonomy) -> np.ndarray:
+    from shelver.data import check_labels  # training and scoring only: data.py loads pandas
+
     labels = np.asarray(y, dtype=object)
     if labels.ndim != 2 or labels.shape[1] != taxonomy.depth:
         raise DataError(

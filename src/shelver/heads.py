@@ -8,18 +8,19 @@
 Every head returns the same thing: ``P1`` over categories and ``P2`` over leaves, each row
 summing to 1, with ``P2`` the *joint* probability of the leaf (so ``P1`` is ``P2`` summed over
 each category's children). Learned weights are plain arrays: prediction is NumPy only, and
-saving never needs pickle.
+saving never needs pickle. Heads take the embeddings, or ``shelver.features.Features`` (the
+embedding and lexical blocks, each multiplied as it is); fitting joins them for scikit-learn.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from shelver.errors import ConfigError
+from shelver.features import training_matrix
 from shelver.taxonomy import Taxonomy
 
 Arrays = dict[str, np.ndarray]
@@ -37,20 +38,27 @@ class LinearOptions:
     router: str = "categories"
 
 
-@dataclass
 class LinearSoftmax:
     """Multinomial logistic regression as arrays: ``softmax(X @ coef.T + intercept)``.
 
     ``classes`` are indices into the caller's label space; a single seen class gives a
-    constant classifier (its answer is certain).
+    constant classifier (its answer is certain). The weights are kept transposed, C-contiguous
+    float32 (``weights``, ``(n_features, n_classes)``): ``X @ weights`` then reads them in place,
+    where ``X @ coef.T`` made SciPy copy the whole matrix on every call with lexical features.
     """
 
-    classes: np.ndarray
-    coef: np.ndarray
-    intercept: np.ndarray
+    def __init__(self, classes: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> None:
+        self.classes = np.asarray(classes)
+        self.weights = np.ascontiguousarray(np.asarray(coef, dtype=np.float32).T)
+        self.intercept = np.asarray(intercept, dtype=np.float32)
+
+    @property
+    def coef(self) -> np.ndarray:
+        """``(n_classes, n_features)``, as scikit-learn lays it out (a view of ``weights``)."""
+        return self.weights.T
 
     @classmethod
-    def fit(cls, X: np.ndarray, y: np.ndarray, options: LinearOptions) -> LinearSoftmax:
+    def fit(cls, X: Any, y: np.ndarray, options: LinearOptions) -> LinearSoftmax:
         classes = np.unique(y)
         if len(classes) == 1:
             return cls(classes, np.zeros((1, X.shape[1]), np.float32), np.zeros(1, np.float32))
@@ -61,7 +69,7 @@ class LinearSoftmax:
             class_weight=options.class_weight,
             max_iter=options.max_iter,
             random_state=options.random_state,
-        ).fit(X, y)
+        ).fit(training_matrix(X), y)
         coef, intercept = model.coef_, model.intercept_
         if len(classes) == 2:  # sklearn keeps one row for two classes: make it symmetric
             coef = np.vstack([-coef / 2, coef / 2])
@@ -70,20 +78,23 @@ class LinearSoftmax:
         # coef (sklearn's), and a reloaded model's probabilities would differ in the last bit
         return cls(classes, np.ascontiguousarray(coef, np.float32), intercept.astype(np.float32))
 
-    def proba(self, X: np.ndarray) -> np.ndarray:
+    def proba(self, X: Any) -> np.ndarray:
         """``(n, len(classes))`` probabilities."""
-        return softmax(X @ self.coef.T + self.intercept)
+        return softmax(X @ self.weights + self.intercept)
 
     def proba_over(self, X: np.ndarray, n_labels: int) -> np.ndarray:
         """Probabilities scattered into the full ``(n, n_labels)`` label space."""
-        out = np.zeros((X.shape[0], n_labels), dtype=np.float32)
-        out[:, self.classes] = self.proba(X)
+        proba = self.proba(X)
+        if len(self.classes) == n_labels:  # every label seen: classes are 0 .. n_labels - 1
+            return proba
+        out = np.zeros((proba.shape[0], n_labels), dtype=np.float32)
+        out[:, self.classes] = proba
         return out
 
     def to_arrays(self, prefix: str) -> Arrays:
         return {
             f"{prefix}.classes": self.classes.astype(np.int64),
-            f"{prefix}.coef": self.coef,
+            f"{prefix}.coef": np.ascontiguousarray(self.coef),
             f"{prefix}.intercept": self.intercept,
         }
 
@@ -108,6 +119,7 @@ class Head:
     def __init__(self, taxonomy: Taxonomy) -> None:
         self.taxonomy = taxonomy
         self.leaf_category = np.asarray(taxonomy.leaf_category)
+        self.membership = _membership(self.leaf_category, len(taxonomy.categories))
 
     def fit(self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions, progress: bool = False) -> Head:
         raise NotImplementedError
@@ -124,9 +136,7 @@ class Head:
 
     def category_sums(self, P2: np.ndarray) -> np.ndarray:
         """Sum joint leaf probabilities into their categories."""
-        P1 = np.zeros((P2.shape[0], len(self.taxonomy.categories)), dtype=np.float32)
-        np.add.at(P1.T, self.leaf_category, P2.T)
-        return P1
+        return P2 @ self.membership
 
 
 class FlatHead(Head):
@@ -162,6 +172,7 @@ class MaskedHead(Head):
     def fit(
         self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions, progress: bool = False
     ) -> MaskedHead:
+        X = training_matrix(X)  # joined once for both models
         with _steps(2, "masked head (router + flat)", progress) as bar:
             self.router = LinearSoftmax.fit(X, self.leaf_category[leaves], options)
             bar.update()
@@ -208,8 +219,10 @@ class LeafSumRouter:
         return self.model.to_arrays(f"{prefix}_leaves")
 
 
-def _membership(leaf_category: np.ndarray) -> np.ndarray:
-    out = np.zeros((len(leaf_category), int(leaf_category.max()) + 1), dtype=np.float32)
+def _membership(leaf_category: np.ndarray, n_categories: int | None = None) -> np.ndarray:
+    """``(n_leaves, n_categories)`` one-hot float32: ``P2 @ membership`` sums leaves per category."""
+    n_categories = int(leaf_category.max()) + 1 if n_categories is None else n_categories
+    out = np.zeros((len(leaf_category), n_categories), dtype=np.float32)
     out[np.arange(len(leaf_category)), leaf_category] = 1.0
     return out
 
@@ -236,7 +249,7 @@ class PerGroupHead(Head):
     def fit(
         self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions, progress: bool = False
     ) -> PerGroupHead:
-        categories = self.leaf_category[leaves]
+        categories, X = self.leaf_category[leaves], training_matrix(X)
         self.groups: dict[int, LinearSoftmax] = {}
         self._fused = None
         with _steps(1 + len(self.taxonomy.categories), "per-group heads", progress) as bar:
@@ -302,7 +315,7 @@ class _FusedGroups:
         )
         seen = np.isin(leaf_category, leaf_category[classes])
         return cls(
-            weights=np.ascontiguousarray(np.vstack([m.coef for m in models]).T)
+            weights=np.ascontiguousarray(np.hstack([m.weights for m in models]))
             if models
             else np.zeros((0, 0)),
             bias=np.concatenate([m.intercept for m in models]) if models else np.zeros(0, np.float32),
@@ -350,9 +363,11 @@ class _steps:
     """A progress bar over a known number of fitting steps (silent when ``progress`` is off)."""
 
     def __init__(self, total: int, desc: str, progress: bool) -> None:
+        from tqdm.auto import tqdm  # fitting only: serving never imports it
+
         self.bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
 
-    def __enter__(self) -> tqdm:
+    def __enter__(self) -> Any:
         return self.bar
 
     def __exit__(self, *exc: object) -> None:

@@ -46,6 +46,12 @@ class OnnxEncoder:
         self._tokenizer = _load_tokenizer(self.directory, self.config)
         self._session = _load_session(self.directory / MODEL_FILE, threads)
         self._inputs = [i.name for i in self._session.get_inputs()]
+        self._outputs = [self._session.get_outputs()[0].name]
+        # one text is never padded: its mask is all ones and its type ids all zeros, sliced from
+        # arrays made once (the request path then builds one array per call, the token ids)
+        made = {"attention_mask": np.ones, "token_type_ids": np.zeros}
+        shape = (1, self.max_seq_length)
+        self._single = [(n, made[n](shape, np.int64)) for n in self._inputs if n in made]
 
     @classmethod
     def from_spec(cls, spec: str, **options: Any) -> OnnxEncoder:
@@ -63,9 +69,11 @@ class OnnxEncoder:
         return int(self.config["max_seq_length"])
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        if len(texts) == 1:  # the request path: no sorting, no batching, no padding
+            return self._run_one(_encodable(texts[0]))
         texts = [_encodable(t) for t in texts]
-        if len(texts) <= 1:  # the request path: no sorting, no batching
-            return self._run(texts) if texts else np.zeros((0, self.dim), dtype=np.float32)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
         # sorting by length keeps padding (wasted compute) small inside each batch
         order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -75,17 +83,21 @@ class OnnxEncoder:
             out[rows] = self._run([texts[i] for i in rows])
         return out
 
+    def _run_one(self, text: str) -> np.ndarray:
+        ids = np.array([self._tokenizer.encode(text).ids], dtype=np.int64)
+        feed = {name: values[:, : ids.shape[1]] for name, values in self._single}
+        feed["input_ids"] = ids
+        return self._session.run(self._outputs, feed)[0].astype(np.float32, copy=False)
+
     def _run(self, texts: list[str]) -> np.ndarray:
-        encodings = (
-            self._tokenizer.encode_batch(texts) if len(texts) > 1 else [self._tokenizer.encode(texts[0])]
-        )
+        encodings = self._tokenizer.encode_batch(texts)
         columns = {
             "input_ids": [e.ids for e in encodings],
             "attention_mask": [e.attention_mask for e in encodings],
             "token_type_ids": [e.type_ids for e in encodings],
         }
         feed = {name: np.asarray(columns[name], dtype=np.int64) for name in self._inputs}
-        return self._session.run(None, feed)[0].astype(np.float32, copy=False)
+        return self._session.run(self._outputs, feed)[0].astype(np.float32, copy=False)
 
     def fingerprint(self) -> str:
         """SHA-256 of the ONNX graph and the sequence length that shapes the embeddings."""
