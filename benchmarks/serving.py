@@ -117,6 +117,19 @@ def accuracy(model_dir: Path, frame: pd.DataFrame) -> dict:
     }
 
 
+def query_forms(model_dir: Path, frame: pd.DataFrame, train_csv: Path) -> list[str]:
+    """The test titles as the short queries the request path sees (2-5 words: brand, sizes and
+    codes dropped), made by benchmarks/synthesis.py's query-ization with seed 0."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from synthesis import queryized
+
+    from shelver.taxonomy import Taxonomy
+
+    taxonomy = Taxonomy.load(model_dir / "taxonomy.json")
+    train = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
+    return queryized(frame, taxonomy, train, seed=0)["text"].tolist()
+
+
 # ---- over HTTP ----------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as sock:
@@ -313,6 +326,7 @@ def markdown(r: dict) -> str:
         (f"ONNX vs PyTorch agreement, fashion test (n={acc['n']:,})", f"{acc['agreement']:.2%}", "≥ 99.5%"),
         ("leaf accuracy PyTorch / ONNX", f"{acc['accuracy_pytorch']:.2%} / {acc['accuracy_onnx']:.2%}", ""),
     ]
+    rows += _query_rows(r)
     for engine in ("local", "ray") if "batch" in r else ():
         b = r["batch"]
         result = b[engine]
@@ -340,6 +354,20 @@ def markdown(r: dict) -> str:
     lines += ["| measure | result | target |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"
+
+
+def _query_rows(r: dict) -> list[tuple[str, str, str]]:
+    """The same in-process figures on query forms of the titles (what the service is sent)."""
+    if "in_process_queries" not in r:
+        return []
+    lat, qps = r["in_process_queries"], r["throughput_queries"]["q_per_s"]
+    enc, full = lat["encoder_only"], lat["classify"]
+    return [
+        ("**query forms**: encoder-only p50 / p99, batch 1", f"{enc['p50_ms']:.3f} / {enc['p99_ms']:.3f} ms", ""),
+        ("**query forms**: full classify p50 / p99, batch 1", f"{full['p50_ms']:.3f} / {full['p99_ms']:.3f} ms", "≤ 0.7 / ≤ 1.5 ms"),
+        ("**query forms**: full ÷ encoder-only (p50)", f"{lat['ratio_p50']:.2f}×", "≤ 1.3×"),
+        ("**query forms**: throughput at batch 64, classify / encoder only", f"{qps['classify']:,.0f} / {qps['encoder_only']:,.0f} q/s", "≥ 2,500 q/s"),
+    ]
 
 
 def _cpu_rows(lat: dict, thr: dict) -> list[tuple[str, str, str]]:
@@ -383,6 +411,7 @@ def main() -> None:
     args = parser.parse_args()
     frame = pd.read_csv(args.data, dtype=str, keep_default_na=False)
     texts = frame["text"].tolist()
+    queries = query_forms(args.model, frame, args.data.parent / "train.csv")
     results: dict = {
         "command": " ".join(["python", *sys.argv]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
@@ -392,6 +421,8 @@ def main() -> None:
     steps = [
         ("in_process", lambda: encoder_vs_classify(args.model, texts, args.queries)),
         ("throughput", lambda: batch_throughput(args.model, texts, 64, rounds=args.rounds)),
+        ("in_process_queries", lambda: encoder_vs_classify(args.model, queries, args.queries)),
+        ("throughput_queries", lambda: batch_throughput(args.model, queries, 64, rounds=args.rounds)),
         ("startup", lambda: startup(args.model, runs=5)),
         ("http", lambda: http_load(args.model, texts, args.rate, args.seconds)),
         ("accuracy", lambda: accuracy(args.model, frame)),
