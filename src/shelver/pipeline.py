@@ -688,8 +688,14 @@ def _export_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     from shelver.export import export_onnx
 
     texts = read_queries(ctx.stage_dir("select") / "valid.csv", "text")
-    result = export_onnx(target, texts, quantize=ctx.config.export.quantize, progress=ctx.progress)
-    return {"onnx": result.quantization, "agreement": result.check.describe(), "model": str(target)}
+    # unattended: an int8 graph that fails its check gives way to fp32 rather than stop the run
+    result = export_onnx(
+        target, texts, quantize=ctx.config.export.quantize, progress=ctx.progress, fallback_fp32=True
+    )
+    summary = {"onnx": result.quantization, "agreement": result.check.describe(), "model": str(target)}
+    if result.int8_refused is not None:
+        summary["int8_refused"] = result.int8_refused.describe()
+    return summary
 
 
 # ---- review -------------------------------------------------------------------------------------
