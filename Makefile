@@ -31,6 +31,7 @@ demo: $(STAMP)
 		--config $(DEMO)/config.toml --target-precision 0.99 --out runs/demo/model
 	$(RUN) evaluate --model runs/demo/model --data $(DEMO)/test.csv --out runs/demo/report
 	$(RUN) predict --model runs/demo/model --input examples/queries.txt
+	$(RUN) export --model runs/demo/model --data $(DEMO)/valid.csv
 
 # the benchmarks' peers (setfit, fastText, HiClass): only benchmarks/representation.py needs them
 bench: $(STAMP)
