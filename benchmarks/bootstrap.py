@@ -41,11 +41,11 @@ from shelver.taxonomy import Taxonomy
 DATA = Path("/work/shared/data")
 CACHE = Path(__file__).resolve().parent / ".cache" / "bootstrap"
 RESULTS = Path(__file__).resolve().parent / "results"
-# the earlier attempt's recipe: frozen MiniLM + lexical TF-IDF, one flat head, thresholds at 0.9
+# the earlier attempt's recipe: frozen MiniLM + lexical TF-IDF, one flat head, thresholds at 0.9;
+# the select stage runs at its defaults (smoothing on, min_confidence 0.2)
 DEFAULT_SETTINGS = (
     "train.head.kind=flat",
     "train.lexical.enabled=true",
-    "select.min_confidence=0.5",
     "export.onnx=false",
     "label.concurrency=1",
 )
@@ -260,12 +260,20 @@ def gains(results: list[dict[str, Any]]) -> list[str]:
     for r in results:
         gain = r["bootstrapped"]["level1"]["accuracy"] - r["zero_shot"]["level1"]["accuracy"]
         gap = r["supervised"]["level1"]["accuracy"] - r["bootstrapped"]["level1"]["accuracy"]
+        select = r["pipeline"]["select"]
         lines.append(
             f"- {r['dataset']}: bootstrapped - zero-shot L1 = {gain:+.3f} (target +0.100); "
-            f"supervised - bootstrapped L1 = {gap:+.3f}; selected {r['pipeline']['select']['train_rows']:,} "
-            f"+ {r['pipeline']['select']['valid_rows']:,} of {r['log_rows']:,} log rows"
+            f"supervised - bootstrapped L1 = {gap:+.3f}; selected {select['train_rows']:,} "
+            f"+ {select['valid_rows']:,} of {r['log_rows']:,} log rows{_smoothed(select)}"
         )
     return lines
+
+
+def _smoothed(select: dict[str, Any]) -> str:
+    smooth = select.get("smooth", {})
+    if not smooth.get("enabled"):
+        return ""
+    return f"; smoothing re-labeled {smooth['rows']:,} rows, {smooth['paths_changed']:,} to another path"
 
 
 def render(command: str, settings: tuple[str, ...], results: list[dict[str, Any]]) -> str:

@@ -286,3 +286,50 @@ def test_killed_mid_stage_resumes_and_equals_a_clean_run(inputs: dict[str, Path]
     assert "[label] up to date" in done.stderr and "[select] up to date" in done.stderr
     assert "[train] running (not finished)" in done.stderr
     assert _results(out) == _results(clean)
+
+
+# ---- smoothing in select ------------------------------------------------------------------------
+def _selected(out: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_csv(out / "select" / f) for f in ("train.csv", "valid.csv")]).set_index("text")
+
+
+def test_smoothing_relabels_embedding_rows_counts_changes_and_is_in_the_hash(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    _run(inputs, out, "select.smooth=false")
+    plain = _selected(out)
+    statuses = _run(inputs, out)  # smooth is on by default: select and every later stage re-run
+    assert [s for s, v in statuses.items() if v == "ran"] == [
+        "select", "synthesize", "train", "evaluate", "export", "review",
+    ]  # fmt: skip
+    smoothed = _selected(out).loc[plain.index]
+    assert set(plain["source"]) == {"embedding"} and set(smoothed["source"]) == {"embedding+smooth"}
+    summary = read_manifest(out / "select")["summary"]["smooth"]
+    moved = (smoothed[["category", "subcategory"]] != plain[["category", "subcategory"]]).any(axis=1)
+    assert summary == {"enabled": True, "rows": len(plain), "paths_changed": int(moved.sum())}
+    assert not smoothed["confidence"].equals(plain["confidence"])
+    statuses = _run(inputs, out, "select.smooth_k=5")
+    assert statuses["label"] == "skipped" and statuses["select"] == statuses["train"] == "ran"
+
+
+def test_smoothing_never_changes_human_labels(inputs: dict[str, Path], tmp_path: Path) -> None:
+    from shelver.labeling import LabelStore
+
+    out = tmp_path / "run"
+    _run(inputs, out, "select.smooth=false")
+    sample = set(pd.read_csv(inputs["sample"])["text"].str.lower())
+    boots = [t for t in _selected(out).index if "boot" in t and t not in sample][:2]
+    with LabelStore(out / "label" / "labels.sqlite", create=False) as store:
+        # against every neighbour (all boots): smoothing would move them if it touched human labels
+        store.record_human([(t, ("Tops", "Tops")) for t in boots], reviewer="test")
+    _run(inputs, out, "select.smooth_k=10")
+    selected = _selected(out)
+    assert selected.loc[boots, "subcategory"].tolist() == ["Tops", "Tops"]
+    assert set(selected.loc[boots, "source"]) == {"human"}
+    assert (selected.drop(index=boots)["source"] == "embedding+smooth").all()
+
+
+def test_bad_smoothing_setting_fails_at_load() -> None:
+    with pytest.raises(ConfigError, match="got k=0.*fix select.smooth_k"):
+        load_bootstrap_config(None, ("select.smooth_k=0",))

@@ -643,6 +643,15 @@ def bootstrap(
     """Label a raw log, train, calibrate, evaluate, export and list queries to review; resumable.
 
     \b
+    [select], the labels that train (keys, defaults):
+      min_confidence = 0.2    machine labels below it are left out (after smoothing); human ones never
+      valid_fraction = 0.2    share held out for calibration, by a hash of the text
+      smooth = true           re-label the embedding labeler's rows from the log's own embeddings:
+                              leaves refined by the rows they win, then a mean over neighbours
+                              (source embedding+smooth; human and LLM labels never change)
+      smooth_beta = 3.0       weight of the rows a leaf wins against its description
+      smooth_k = 30           nearest log rows averaged per row
+    \b
     [synthesize], between select and train (keys, defaults):
       enabled = true          off: train on the selected labels only
       min_examples = 50       leaves with fewer selected training rows get synthetic queries

