@@ -130,6 +130,27 @@ def query_forms(model_dir: Path, frame: pd.DataFrame, train_csv: Path) -> list[s
     return queryized(frame, taxonomy, train, seed=0)["text"].tolist()
 
 
+def machine_probe() -> dict:
+    """How fast this machine is right now, single-threaded: a compute-bound figure (1024^3
+    float32 matmul) and a memory-bound one (copying 256 MB). Batch-1 transformer inference is
+    memory-bound (the int8 weights, ~11 MB, stream from L3 or DRAM on every query), so compare
+    latencies across runs only next to these."""
+    a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    big = np.ones(64 * 2**20, dtype=np.float32)
+    matmul, copy = [], []
+    for _ in range(5):
+        t = time.thread_time()
+        a @ a
+        matmul.append(time.thread_time() - t)
+        t = time.thread_time()
+        big.copy()
+        copy.append(time.thread_time() - t)
+    return {
+        "matmul_gflops": round(2 * 1024**3 / float(np.median(matmul)) / 1e9, 1),
+        "copy_gb_per_s": round(2 * big.nbytes / float(np.median(copy)) / 1e9, 2),
+    }
+
+
 # ---- over HTTP ----------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as sock:
@@ -351,6 +372,9 @@ def markdown(r: dict) -> str:
         "",
     ]
     lines += [f"Machine: {r['machine']}. {r['note']}", ""]
+    probes = {k.removeprefix("machine_probe_"): r[k] for k in ("machine_probe_at_start", "machine_probe_at_end") if k in r}
+    if probes:
+        lines += [f"Machine speed, one thread: {probes}", ""]
     lines += ["| measure | result | target |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"
@@ -417,6 +441,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "note": args.note,
         "load_average_at_start": list(os.getloadavg()),
+        "machine_probe_at_start": machine_probe(),
     }
     steps = [
         ("in_process", lambda: encoder_vs_classify(args.model, texts, args.queries)),
@@ -442,6 +467,7 @@ def main() -> None:
         results[name] = step()
         print(json.dumps(results[name]), file=sys.stderr, flush=True)
     results["load_average_at_end"] = list(os.getloadavg())
+    results["machine_probe_at_end"] = machine_probe()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serving.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "serving.md").write_text(markdown(results))
