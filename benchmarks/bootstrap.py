@@ -42,10 +42,11 @@ DATA = Path("/work/shared/data")
 CACHE = Path(__file__).resolve().parent / ".cache" / "bootstrap"
 RESULTS = Path(__file__).resolve().parent / "results"
 # the earlier attempt's recipe: frozen MiniLM + lexical TF-IDF, one flat head, thresholds at 0.9;
-# the select stage runs at its defaults (smoothing on, min_confidence 0.2)
+# bootstrap-smooth*.md ran with select.smooth=true select.min_confidence=0.2 (then the defaults)
 DEFAULT_SETTINGS = (
     "train.head.kind=flat",
     "train.lexical.enabled=true",
+    "select.min_confidence=0.5",
     "export.onnx=false",
     "label.concurrency=1",
 )

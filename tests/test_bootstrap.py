@@ -299,7 +299,7 @@ def test_smoothing_relabels_embedding_rows_counts_changes_and_is_in_the_hash(
     out = tmp_path / "run"
     _run(inputs, out, "select.smooth=false")
     plain = _selected(out)
-    statuses = _run(inputs, out)  # smooth is on by default: select and every later stage re-run
+    statuses = _run(inputs, out, "select.smooth=true")  # select and every later stage re-run
     assert [s for s, v in statuses.items() if v == "ran"] == [
         "select", "synthesize", "train", "evaluate", "export", "review",
     ]  # fmt: skip
@@ -309,7 +309,7 @@ def test_smoothing_relabels_embedding_rows_counts_changes_and_is_in_the_hash(
     moved = (smoothed[["category", "subcategory"]] != plain[["category", "subcategory"]]).any(axis=1)
     assert summary == {"enabled": True, "rows": len(plain), "paths_changed": int(moved.sum())}
     assert not smoothed["confidence"].equals(plain["confidence"])
-    statuses = _run(inputs, out, "select.smooth_k=5")
+    statuses = _run(inputs, out, "select.smooth=true", "select.smooth_k=5")
     assert statuses["label"] == "skipped" and statuses["select"] == statuses["train"] == "ran"
 
 
@@ -323,7 +323,7 @@ def test_smoothing_never_changes_human_labels(inputs: dict[str, Path], tmp_path:
     with LabelStore(out / "label" / "labels.sqlite", create=False) as store:
         # against every neighbour (all boots): smoothing would move them if it touched human labels
         store.record_human([(t, ("Tops", "Tops")) for t in boots], reviewer="test")
-    _run(inputs, out, "select.smooth_k=10")
+    _run(inputs, out, "select.smooth=true", "select.smooth_k=10")
     selected = _selected(out)
     assert selected.loc[boots, "subcategory"].tolist() == ["Tops", "Tops"]
     assert set(selected.loc[boots, "source"]) == {"human"}
@@ -332,4 +332,4 @@ def test_smoothing_never_changes_human_labels(inputs: dict[str, Path], tmp_path:
 
 def test_bad_smoothing_setting_fails_at_load() -> None:
     with pytest.raises(ConfigError, match="got k=0.*fix select.smooth_k"):
-        load_bootstrap_config(None, ("select.smooth_k=0",))
+        load_bootstrap_config(None, ("select.smooth=true", "select.smooth_k=0"))

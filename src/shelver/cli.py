@@ -644,9 +644,9 @@ def bootstrap(
 
     \b
     [select], the labels that train (keys, defaults):
-      min_confidence = 0.2    machine labels below it are left out (after smoothing); human ones never
+      min_confidence = 0.5    machine labels below it are left out (after smoothing: use 0.2)
       valid_fraction = 0.2    share held out for calibration, by a hash of the text
-      smooth = true           re-label the embedding labeler's rows from the log's own embeddings:
+      smooth = false          re-label the embedding labeler's rows from the log's own embeddings:
                               leaves refined by the rows they win, then a mean over neighbours
                               (source embedding+smooth; human and LLM labels never change)
       smooth_beta = 3.0       weight of the rows a leaf wins against its description
