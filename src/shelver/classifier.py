@@ -182,7 +182,7 @@ class HierarchicalClassifier(ParamsMixin):
         embeddings = self.encoder_.encode(texts, progress=self.progress)
         self.lexical_ = self._fit_lexical(texts)
         self.head_: Head = make_head(self.head, self.taxonomy).fit(
-            self._join(embeddings, texts), leaves, self._options(), progress=self.progress
+            self.join(embeddings, texts), leaves, self._options(), progress=self.progress
         )
         self.train_counts_ = np.bincount(leaves[real], minlength=len(self.taxonomy))
         self.train_fingerprint_ = _fingerprint(texts, labels)
@@ -199,7 +199,8 @@ class HierarchicalClassifier(ParamsMixin):
             return None
         return LexicalFeatures(LexicalOptions.from_dict(self.lexical_options)).fit(texts)
 
-    def _join(self, embeddings: np.ndarray, texts: list[str]) -> Any:
+    def join(self, embeddings: np.ndarray, texts: list[str]) -> Any:
+        """The heads' input for ``texts`` given their embeddings (from any encoder of this model)."""
         lexical = getattr(self, "lexical_", None)
         return join_features(embeddings, lexical.rows(texts) if lexical is not None else None)
 
@@ -221,7 +222,7 @@ class HierarchicalClassifier(ParamsMixin):
     def features(self, X: Sequence[str]) -> Any:
         """What the heads see: the embeddings, joined with the lexical block when ``lexical``."""
         texts = _as_texts(X)
-        return self._join(self.embed(texts), texts)
+        return self.join(self.embed(texts), texts)
 
     def embed(self, X: Sequence[str]) -> np.ndarray:
         self._check_fitted()

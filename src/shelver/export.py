@@ -29,7 +29,6 @@ import torch
 
 from shelver.encoders.onnx import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, OnnxEncoder
 from shelver.errors import ShelverError
-from shelver.features import join_features
 from shelver.model_dir import ONNX_DIR, load_model, record_export
 
 if TYPE_CHECKING:
@@ -328,9 +327,8 @@ def check_export(model: HierarchicalClassifier, onnx_encoder: Any, texts: list[s
     """
     reference = model.encoder_.encode(texts)
     exported = onnx_encoder.encode(texts)
-    lexical = model.lexical_.transform(texts) if getattr(model, "lexical_", None) is not None else None
-    _, leaves_ref = model.decode(*model.head_proba(join_features(reference, lexical)))
-    _, leaves_onnx = model.decode(*model.head_proba(join_features(exported, lexical)))
+    _, leaves_ref = model.decode(*model.head_proba(model.join(reference, texts)))
+    _, leaves_onnx = model.decode(*model.head_proba(model.join(exported, texts)))
     cosine = (reference * exported).sum(axis=1)
     differ = np.flatnonzero(leaves_ref != leaves_onnx)
     paths = model.taxonomy_.paths
