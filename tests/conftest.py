@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +184,23 @@ class ServerProcess:
             self.process.kill()
             out, _ = self.process.communicate()
         return out.decode(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def serving_process():
+    """Run ``call`` (Python, on ``m``) in a fresh interpreter that loads ``model_dir`` for serving;
+    returns its printed result and which of ``modules`` that interpreter had imported."""
+
+    def run(model_dir: Path, call: str, modules: tuple[str, ...]) -> list[str]:
+        code = (
+            "import sys; from shelver.model_dir import load_model;"
+            f"m = load_model({str(model_dir)!r}, encoder='serving');"
+            f"print({call});"
+            f"print(sorted(k for k in {modules!r} if k in sys.modules))"
+        )
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    return run

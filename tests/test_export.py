@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +17,6 @@ from shelver.errors import ModelDirError
 from shelver.export import INT8, ExportCheck, ExportError, _require, export_onnx, input_names
 from shelver.model_dir import load_model
 from shelver.pipeline import RunContext, _export_run, load_bootstrap_config
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def test_onnx_path_predicts_like_pytorch(onnx_model_dir, tiny_frames):
@@ -52,18 +47,11 @@ def test_export_is_recorded_and_hashed(onnx_model_dir, tmp_path):
         load_model(tampered, encoder="serving")
 
 
-def test_serving_load_imports_no_torch(onnx_model_dir):
-    code = (
-        "import sys; from shelver.model_dir import load_model;"
-        f"m = load_model({str(onnx_model_dir)!r}, encoder='serving');"
-        "print(m.predict(['red sneakers'])[0].tolist());"
-        "print(sorted(k for k in ('torch', 'sentence_transformers', 'transformers') if k in sys.modules))"
+def test_serving_load_imports_no_torch(onnx_model_dir, serving_process):
+    out = serving_process(
+        onnx_model_dir, "m.predict(['red sneakers'])[0].tolist()", ("torch", "sentence_transformers", "transformers")
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["['Shoes', 'Sneakers']", "[]"]
+    assert out == ["['Shoes', 'Sneakers']", "[]"]
 
 
 def test_make_encoder_builds_the_onnx_encoder(onnx_model_dir):

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +26,6 @@ ODD = [
 ]
 
 HEADS = ["flat", "masked", "per_group"]
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture(scope="module", params=HEADS)
@@ -152,19 +147,10 @@ def test_weights_are_stored_for_a_copy_free_product(lexical_model):
         assert model.weights.shape == (64 + lexical_model.lexical_.n_features, len(model.classes))
 
 
-def test_serving_a_lexical_model_imports_no_sklearn_pandas_or_torch(lexical_model, tmp_path):
+def test_serving_a_lexical_model_imports_no_sklearn_pandas_or_torch(lexical_model, tmp_path, serving_process):
     lexical_model.save(tmp_path / "m")
-    code = (
-        "import sys; from shelver.model_dir import load_model;"
-        f"m = load_model({str(tmp_path / 'm')!r}, encoder='serving');"
-        "print(m.classify(['red sneakers', ''])[0].path);"
-        "print(sorted(k for k in ('sklearn', 'pandas', 'torch', 'scipy') if k in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["('Shoes', 'Sneakers')", "[]"]
+    out = serving_process(tmp_path / "m", "m.classify(['red sneakers', ''])[0].path", ("sklearn", "pandas", "torch", "scipy"))
+    assert out == ["('Shoes', 'Sneakers')", "[]"]
 
 
 def test_lexical_features_help_where_the_encoder_is_weak(taxonomy, tiny_xy, tiny_frames):
