@@ -10,7 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from shelver.batch import Source, batch_sizes, classify_batch, decision_columns, read_rows, write_parquet
+from shelver.batch import (
+    BatchClassifier,
+    Memo,
+    Source,
+    batch_sizes,
+    classify_batch,
+    decision_columns,
+    read_rows,
+    write_parquet,
+)
 from shelver.cli import main
 from shelver.errors import ConfigError, DataError
 from shelver.model_dir import load_model
@@ -218,3 +227,42 @@ def test_ray_engine_with_the_onnx_model(ray_local, onnx_model_dir, queries, tmp_
     # the same batches go through the int8 encoder on both engines, so the paths agree
     columns = ["shelver_category", "shelver_subcategory"]
     assert out[columns].equals(expected[columns])
+
+
+def test_repeated_queries_are_classified_once_per_shard(hashing_model_dir, queries, tmp_path):
+    texts = queries["text"].tolist()[:12]
+    log = pd.DataFrame({"id": range(60), "text": [texts[i % len(texts)] for i in range(60)]})
+    log.to_parquet(tmp_path / "log.parquet")
+    seen: list[str] = []
+    original = BatchClassifier.decisions
+
+    def spy(self, batch):
+        calls = self.model.classify
+        self.model.classify = lambda new: seen.extend(new) or calls(new)
+        try:
+            return original(self, batch)
+        finally:
+            self.model.classify = calls
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BatchClassifier, "decisions", spy)
+        classify_batch(
+            hashing_model_dir,
+            tmp_path / "log.parquet",
+            tmp_path / "o.parquet",
+            batch_rows=8,
+            shard_rows=30,
+            progress=False,
+        )
+    assert sorted(seen) == sorted(texts * 2)  # two shards, each text once in each
+    out = pd.read_parquet(tmp_path / "o.parquet")
+    expected = load_model(hashing_model_dir).predict(log["text"].tolist())
+    assert out[["shelver_category", "shelver_subcategory"]].to_numpy().tolist() == expected.tolist()
+
+
+def test_memo_keeps_the_most_recently_used_texts():
+    memo = Memo(2)
+    memo.put_many({"a": {"n": 1}, "b": {"n": 2}})
+    assert memo.get_many(["a"]) == {"a": {"n": 1}}
+    memo.put_many({"a": {"n": 1}, "c": {"n": 3}})  # "b" is the least recently used
+    assert memo.get_many(["a", "b", "c"]) == {"a": {"n": 1}, "c": {"n": 3}}

@@ -7,7 +7,8 @@ decision and its reason), rows in input order. The model runs its ONNX export (t
 
 The input is cut into shards of ``shard_rows`` consecutive rows, and every shard into batches
 of ``batch_rows``; a batch never straddles two shards, so both engines feed the model the same
-batches and give the same answers.
+batches and give the same answers. Logs repeat their queries: within a shard, each distinct text
+is classified once and its decision reused (``BatchClassifier.decisions``).
 
 - ``engine="local"``: one process streams the batches through the model into one Parquet file.
 - ``engine="ray"``: Ray Data ``map_batches`` hands shard numbers to a pool of actors, each
@@ -41,6 +42,8 @@ PREFIX = "shelver_"
 DEFAULT_BATCH_ROWS = 2048
 # a shard is one actor task and one output part: minutes of work, not seconds, on one core
 DEFAULT_SHARD_ROWS = 50_000
+# distinct texts whose decisions a worker keeps for reuse within a shard (~1 KB each)
+DEFAULT_MEMO_ROWS = 100_000
 # part-<shard:05d> names sort in input order only while they have five digits
 MAX_SHARDS = 100_000
 
@@ -279,10 +282,21 @@ def rebatch(tables: Iterable[Any], sizes: Iterable[int]) -> Iterator[Any]:
 
 # ---- the work of one batch, and the one Parquet writer, shared by both engines ------------
 class BatchClassifier:
-    """Loads the model once; called on Arrow tables, returns them with the decision columns."""
+    """Loads the model once; called on Arrow tables, returns them with the decision columns.
+
+    Search logs repeat themselves: each distinct text of a shard is classified once, the
+    first time it is met, and its decision reused for every later row of that shard (the
+    memo is cleared when a shard starts, so a shard's answers never depend on other shards,
+    whichever engine or actor ran them).
+    """
 
     def __init__(
-        self, model_dir: str, text_column: str, schema: Any = None, threads: int | None = None
+        self,
+        model_dir: str,
+        text_column: str,
+        schema: Any = None,
+        threads: int | None = None,
+        memo_rows: int = DEFAULT_MEMO_ROWS,
     ) -> None:
         from shelver.model_dir import load_model
 
@@ -290,18 +304,56 @@ class BatchClassifier:
         self.levels = list(self.model.taxonomy_.levels)
         self.text_column = text_column
         self.schema = schema
+        self.memo = Memo(memo_rows)
 
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
 
         texts = _texts(table, self.text_column)
-        columns = decision_columns([p.to_dict() for p in self.model.classify(texts)], self.levels)
+        columns = decision_columns(self.decisions(texts), self.levels)
         if self.schema is None:  # the first batch fixes the types every later batch is cast to
             self.schema = pa.schema([(name, _arrow_type(values)) for name, values in columns.items()])
         for field in self.schema:
             values = columns.get(field.name, [None] * len(texts))
             table = _drop(table, field.name).append_column(field, pa.array(values, type=field.type))
         return table
+
+    def decisions(self, texts: list[str]) -> list[dict[str, Any]]:
+        """``Prediction.to_dict()`` per text; texts met before in this shard are not re-run."""
+        known = self.memo.get_many(texts)
+        new = [t for t in dict.fromkeys(texts) if t not in known]
+        fresh = self.model.classify(new) if new else []
+        known.update(zip(new, (p.to_dict() for p in fresh), strict=True))
+        self.memo.put_many(known)
+        return [known[t] for t in texts]
+
+    def shard(self, tables: Iterable[Any]) -> Iterator[Any]:
+        """The tables of one shard, classified with a memo that starts empty."""
+        self.memo.clear()
+        return map(self, tables)
+
+
+class Memo:
+    """The decisions of up to ``size`` recent distinct texts (least recently used out first)."""
+
+    def __init__(self, size: int) -> None:
+        from collections import OrderedDict
+
+        self.size = size
+        self.entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def get_many(self, texts: list[str]) -> dict[str, dict[str, Any]]:
+        return {t: self.entries[t] for t in dict.fromkeys(texts) if t in self.entries}
+
+    def put_many(self, decisions: dict[str, dict[str, Any]]) -> None:
+        for text, decision in decisions.items():
+            self.entries[text] = decision
+            self.entries.move_to_end(text)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self.entries.clear()
 
 
 def decision_columns(predictions: list[dict[str, Any]], levels: list[str]) -> dict[str, list[Any]]:
@@ -402,11 +454,11 @@ def _progress(total: int, enabled: bool) -> Any:
 # ---- local engine -----------------------------------------------------------------------
 def _run_local(plan: Plan, source: Source, output: Path, progress: bool) -> int:
     classify = BatchClassifier(plan.model_dir, plan.text_column)
-    sizes = batch_sizes(source.total, plan.shard_rows, plan.batch_rows)
-    batches = rebatch(read_rows(source, 0, source.total, plan.batch_rows), sizes)
+    shards = range(math.ceil(source.total / plan.shard_rows))
+    tables = (t for shard in shards for t in classify.shard(shard_tables(plan, source, shard)))
     output.parent.mkdir(parents=True, exist_ok=True)
     with _progress(source.total, progress) as bar:
-        return write_parquet(_counted(map(classify, batches), bar), output)
+        return write_parquet(_counted(tables, bar), output)
 
 
 def _counted(tables: Iterable[Any], bar: Any) -> Iterator[Any]:
@@ -429,7 +481,7 @@ class ShardWriter:
         return {"shard": shards, "rows": [self.write(shard) for shard in shards]}
 
     def write(self, shard: int) -> int:
-        tables = map(self.classify, shard_tables(self.plan, self.source, shard))
+        tables = self.classify.shard(shard_tables(self.plan, self.source, shard))
         return write_parquet(tables, self.output / part_name(shard))
 
 
