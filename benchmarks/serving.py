@@ -289,10 +289,34 @@ def make_rows(frame: pd.DataFrame, rows: int, path: Path) -> Path:
     return path
 
 
-def classify_batch_runs(model_dir: Path, frame: pd.DataFrame, rows: int, workdir: Path) -> dict:
-    source = make_rows(frame, rows, workdir / "queries.parquet")
-    out = {"rows": rows, "distinct_texts": int(pd.read_parquet(source, columns=["text"])["text"].nunique())}
-    for engine, target in (("local", workdir / "local.parquet"), ("ray", workdir / "ray")):
+def make_log(queries: list[str], rows: int, path: Path, exponent: float = 1.0) -> Path:
+    """A search log of ``rows`` rows: query forms (with modifiers: a pool of distinct queries in
+    random rank order) drawn with Zipf frequencies, rank r weighing r^-exponent, as logs repeat
+    their head queries and keep a long tail of rare ones."""
+    rng = np.random.default_rng(0)
+    pool = list(dict.fromkeys(f"{m} {q}".strip() for m in ("", *MODIFIERS) for q in queries))
+    rng.shuffle(pool)
+    weights = 1.0 / np.arange(1, len(pool) + 1) ** exponent
+    picks = rng.choice(len(pool), size=rows, p=weights / weights.sum())
+    texts = [pool[i] for i in picks]
+    pd.DataFrame({"id": np.arange(rows), "text": texts}).to_parquet(path, row_group_size=65536)
+    return path
+
+
+def classify_batch_runs(model_dir: Path, inputs: dict[str, Path]) -> dict:
+    """Each input through ``shelver classify-batch`` on both engines, in fresh processes."""
+    return {name: _batch_engines(model_dir, source) for name, source in inputs.items()}
+
+
+def _batch_engines(model_dir: Path, source: Path) -> dict:
+    texts = pd.read_parquet(source, columns=["text"])["text"]
+    rows, shards = len(texts), -(-len(texts) // 50_000)
+    per_shard = sum(texts.iloc[i * 50_000 : (i + 1) * 50_000].nunique() for i in range(shards))
+    out = {"rows": rows, "distinct_texts": int(texts.nunique()), "classified_texts": int(per_shard)}
+    for engine, target in (
+        ("local", source.with_suffix(".local.parquet")),
+        ("ray", source.with_suffix(".ray")),
+    ):
         command = [str(BIN / "shelver"), "classify-batch", "--model", str(model_dir), "--input", str(source)]
         command += ["--output", str(target), "--engine", engine, "--quiet"]
         t0 = time.perf_counter()
@@ -309,8 +333,6 @@ def classify_batch_runs(model_dir: Path, frame: pd.DataFrame, rows: int, workdir
     return out
 
 
-# ---- report ---------------------------------------------------------------------------
-# ruff: noqa: E501  (the table rows read best on one line each)
 def markdown(r: dict) -> str:
     lat, thr, acc, up, web = r["in_process"], r["throughput"], r["accuracy"], r["startup"], r["http"]
     enc, full, qps = lat["encoder_only"], lat["classify"], thr["q_per_s"]
@@ -348,17 +370,7 @@ def markdown(r: dict) -> str:
         ("leaf accuracy PyTorch / ONNX", f"{acc['accuracy_pytorch']:.2%} / {acc['accuracy_onnx']:.2%}", ""),
     ]
     rows += _query_rows(r)
-    for engine in ("local", "ray") if "batch" in r else ():
-        b = r["batch"]
-        result = b[engine]
-        label = f"classify-batch {'local' if engine == 'local' else 'Ray local mode'}, {b['rows']:,} rows"
-        rows.append(
-            (
-                label,
-                f"{result['rows_per_s']:,.0f} rows/s ({result['seconds']:.0f} s; order kept: {result['same_order']})",
-                "",
-            )
-        )
+    rows += _batch_rows(r.get("batch", {}))
     commands = [
         f"- `{v}`" + (f" (re-ran {k.removeprefix('command_')})" if k != "command" else "")
         for k, v in r.items()
@@ -372,12 +384,30 @@ def markdown(r: dict) -> str:
         "",
     ]
     lines += [f"Machine: {r['machine']}. {r['note']}", ""]
-    probes = {k.removeprefix("machine_probe_"): r[k] for k in ("machine_probe_at_start", "machine_probe_at_end") if k in r}
+    probes = {
+        k.removeprefix("machine_probe_"): r[k]
+        for k in ("machine_probe_at_start", "machine_probe_at_end")
+        if k in r
+    }
     if probes:
         lines += [f"Machine speed, one thread: {probes}", ""]
     lines += ["| measure | result | target |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"
+
+
+def _batch_rows(batch: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for name, b in batch.items():
+        for engine in ("local", "ray"):
+            result = b[engine]
+            label = f"classify-batch {name}, {'local' if engine == 'local' else 'Ray local mode'}"
+            shape = (
+                f"{b['rows']:,} rows, {b['distinct_texts']:,} distinct, {b['classified_texts']:,} classified"
+            )
+            speed = f"{result['rows_per_s']:,.0f} rows/s ({result['seconds']:.0f} s"
+            rows.append((f"{label} ({shape})", f"{speed}; order kept: {result['same_order']})", ""))
+    return rows
 
 
 def _query_rows(r: dict) -> list[tuple[str, str, str]]:
@@ -387,10 +417,22 @@ def _query_rows(r: dict) -> list[tuple[str, str, str]]:
     lat, qps = r["in_process_queries"], r["throughput_queries"]["q_per_s"]
     enc, full = lat["encoder_only"], lat["classify"]
     return [
-        ("**query forms**: encoder-only p50 / p99, batch 1", f"{enc['p50_ms']:.3f} / {enc['p99_ms']:.3f} ms", ""),
-        ("**query forms**: full classify p50 / p99, batch 1", f"{full['p50_ms']:.3f} / {full['p99_ms']:.3f} ms", "≤ 0.7 / ≤ 1.5 ms"),
+        (
+            "**query forms**: encoder-only p50 / p99, batch 1",
+            f"{enc['p50_ms']:.3f} / {enc['p99_ms']:.3f} ms",
+            "",
+        ),
+        (
+            "**query forms**: full classify p50 / p99, batch 1",
+            f"{full['p50_ms']:.3f} / {full['p99_ms']:.3f} ms",
+            "≤ 0.7 / ≤ 1.5 ms",
+        ),
         ("**query forms**: full ÷ encoder-only (p50)", f"{lat['ratio_p50']:.2f}×", "≤ 1.3×"),
-        ("**query forms**: throughput at batch 64, classify / encoder only", f"{qps['classify']:,.0f} / {qps['encoder_only']:,.0f} q/s", "≥ 2,500 q/s"),
+        (
+            "**query forms**: throughput at batch 64, classify / encoder only",
+            f"{qps['classify']:,.0f} / {qps['encoder_only']:,.0f} q/s",
+            "≥ 2,500 q/s",
+        ),
     ]
 
 
@@ -419,6 +461,17 @@ def _cpu_rows(lat: dict, thr: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def batch_inputs(args: argparse.Namespace) -> dict[str, Path]:
+    """A Zipf search log of query forms and, for the worst case, all-distinct titles."""
+    workdir = Path(tempfile.mkdtemp(prefix="shelver-batch-"))
+    train = pd.read_csv(args.data.parent / "train.csv", dtype=str, keep_default_na=False)
+    forms = query_forms(args.model, train, args.data.parent / "train.csv")
+    return {
+        "Zipf log of query forms": make_log(forms, args.batch_rows, workdir / "log.parquet"),
+        "all-distinct titles": make_rows(train, args.distinct_rows, workdir / "titles.parquet"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
@@ -426,7 +479,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=3000, help="batch-1 timings of each kind")
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--batch-rows", type=int, default=1_000_000, help="0 skips classify-batch")
+    parser.add_argument(
+        "--batch-rows",
+        type=int,
+        default=1_000_000,
+        help="rows of the Zipf search log; 0 skips classify-batch",
+    )
+    parser.add_argument("--distinct-rows", type=int, default=100_000, help="rows of all-distinct titles")
     parser.add_argument("--rounds", type=int, default=5, help="throughput rounds of each kind")
     parser.add_argument("--note", default="")
     parser.add_argument(
@@ -438,7 +497,10 @@ def main() -> None:
     queries = query_forms(args.model, frame, args.data.parent / "train.csv")
     results: dict = {
         "command": " ".join(["python", *sys.argv]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}"
+        ),
         "note": args.note,
         "load_average_at_start": list(os.getloadavg()),
         "machine_probe_at_start": machine_probe(),
@@ -453,9 +515,7 @@ def main() -> None:
         ("accuracy", lambda: accuracy(args.model, frame)),
     ]
     if args.batch_rows:
-        workdir = Path(tempfile.mkdtemp(prefix="shelver-batch-"))
-        train = pd.read_csv(args.data.parent / "train.csv", dtype=str, keep_default_na=False)
-        steps.append(("batch", lambda: classify_batch_runs(args.model, train, args.batch_rows, workdir)))
+        steps.append(("batch", lambda: classify_batch_runs(args.model, batch_inputs(args))))
     if args.steps:
         keep = json.loads((RESULTS / "serving.json").read_text())
         wanted = args.steps.split(",")
