@@ -9,14 +9,18 @@ from typing import Any
 import pandas as pd
 
 from shelver.pipeline.runner import RunContext, file_hash
-from shelver.pipeline.select import store_path
+from shelver.pipeline.select import sample_texts, store_path
 from shelver.taxonomy import format_path
 
 REVIEW_FILE = "review.csv"
 
 
 def _review_inputs(ctx: RunContext) -> dict[str, Any]:
-    return {"config": dataclasses.asdict(ctx.config.review), "log": file_hash(ctx.log_path)}
+    return {
+        "config": dataclasses.asdict(ctx.config.review),
+        "log": file_hash(ctx.log_path),
+        "labeled_sample": file_hash(ctx.labeled_sample) if ctx.labeled_sample else None,
+    }
 
 
 def _review_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
@@ -25,13 +29,16 @@ def _review_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
 
     model = load_model(ctx.stage_dir("train") / "model").set_params(progress=ctx.progress)
     human = _human_labeled(ctx)  # once: read per log query, it made the stage quadratic
-    queries = [(q, c) for q, c in read_query_log(ctx.log_path) if q not in human]
+    sample = sample_texts(ctx.labeled_sample)  # real labels already: nothing to review there
+    logged = read_query_log(ctx.log_path)
+    queries = [(q, c) for q, c in logged if q not in human and q not in sample]
     frame = review_frame(model, queries, ctx.config.review.limit)
     frame.to_csv(directory / REVIEW_FILE, index=False)
     return {
         "rows": len(frame),
         "abstained": int((frame["decision"] != "full").sum()),
         "log_queries": len(queries),
+        "labeled_sample_queries_left_out": sum(q in sample for q, _ in logged),
     }
 
 

@@ -114,12 +114,18 @@ def _without_sample(frame: pd.DataFrame, sample: Path | None) -> tuple[pd.DataFr
     """The labeled sample's queries never train the model that is scored on them."""
     if sample is None:
         return frame, 0
+    inside = frame["text"].isin(sample_texts(sample))
+    return frame[~inside].reset_index(drop=True), int(inside.sum())
+
+
+def sample_texts(sample: Path | None) -> set[str]:
+    """The labeled sample's queries, normalized as the log's are (none without a sample)."""
+    if sample is None:
+        return set()
     from shelver.data import read_table
     from shelver.labeling import normalize_query
 
-    sample_texts = {normalize_query(t) for t in read_table(sample)["text"].astype(str)}
-    inside = frame["text"].isin(sample_texts)
-    return frame[~inside].reset_index(drop=True), int(inside.sum())
+    return {normalize_query(t) for t in read_table(sample)["text"].astype(str)}
 
 
 def _require_rows(train: pd.DataFrame, valid: pd.DataFrame, cfg: SelectStage) -> None:
