@@ -167,6 +167,19 @@ def _counted(method, name: str, calls: list[str]):
     return wrapper
 
 
+def test_review_leaves_out_the_labeled_sample_queries(inputs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _run(inputs, out, "synthesize.enabled=false")
+    sample = set(pd.read_csv(inputs["sample"])["text"].str.lower())
+    logged = set(pd.read_csv(inputs["log"])["text"].str.lower())
+    assert logged & sample  # the log holds some of the sample's queries: they could be listed
+    review = pd.read_csv(out / "review" / "review.csv")
+    assert len(review) > 0 and not set(review["text"]) & sample  # they have real labels already
+    summary = read_manifest(out / "review")["summary"]
+    assert summary["labeled_sample_queries_left_out"] == len(logged & sample)
+    assert summary["log_queries"] == len(logged - sample)
+
+
 def test_synthesize_fills_only_the_tail_without_leaks_and_counts_real_rows_only(
     inputs: dict[str, Path], tmp_path: Path
 ) -> None:

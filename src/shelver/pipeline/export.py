@@ -1,0 +1,35 @@
+"""The export stage: the serving model, with an ONNX encoder when it has a transformer."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+from shelver.pipeline.runner import RunContext
+
+
+def _export_inputs(ctx: RunContext) -> dict[str, Any]:
+    return {"config": dataclasses.asdict(ctx.config.export)}
+
+
+def _export_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
+    target = directory / "model"
+    shutil.copytree(ctx.stage_dir("train") / "model", target)
+    if ctx.config.train.encoder.name.startswith("hashing"):
+        return {"onnx": "not needed: the hashing encoder already runs without torch", "model": str(target)}
+    if not ctx.config.export.onnx:
+        return {"onnx": "off (export.onnx=false)", "model": str(target)}
+    from shelver.data import read_queries
+    from shelver.export import export_onnx
+
+    texts = read_queries(ctx.stage_dir("select") / "valid.csv", "text")
+    # unattended: an int8 graph that fails its check gives way to fp32 rather than stop the run
+    result = export_onnx(
+        target, texts, quantize=ctx.config.export.quantize, progress=ctx.progress, fallback_fp32=True
+    )
+    summary = {"onnx": result.quantization, "agreement": result.check.describe(), "model": str(target)}
+    if result.int8_refused is not None:
+        summary["int8_refused"] = result.int8_refused.describe()
+    return summary
