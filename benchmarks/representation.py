@@ -34,6 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "representation"
 # fine-tuning budget per encoder: the cores are shared, so a wall-clock cap, not epochs
 FINETUNE_BUDGET_S = float(os.environ.get("SHELVER_BENCH_FINETUNE_S", "600"))
+FINETUNE_EPOCHS = float(os.environ.get("SHELVER_BENCH_EPOCHS", "1"))
 LATENCY_QUERIES = 50
 
 
@@ -71,7 +72,7 @@ def encoder_config(objective: str):
         name="minilm",
         finetune=True,
         objective=objective,
-        epochs=1.0,
+        epochs=FINETUNE_EPOCHS,
         time_budget_s=FINETUNE_BUDGET_S,
         eval_steps=100,
         patience=3,

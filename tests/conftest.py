@@ -91,16 +91,24 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny-encoder")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(root / "bert")
     tokenizer.save_pretrained(root / "bert")
     transformer = models.Transformer(str(root / "bert"), max_seq_length=32)
     pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
-    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(str(root / "st"))
+    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(
+        str(root / "st")
+    )
     return root / "st"
+
+
 # ---- production paths (issue 7): models saved once per session, a real server process ----------
 @pytest.fixture(scope="session")
 def hashing_model_dir(tmp_path_factory: pytest.TempPathFactory, taxonomy: Taxonomy, tiny_xy) -> Path:

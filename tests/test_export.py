@@ -49,7 +49,9 @@ def test_export_is_recorded_and_hashed(onnx_model_dir, tmp_path):
 
 def test_serving_load_imports_no_torch(onnx_model_dir, serving_process):
     out = serving_process(
-        onnx_model_dir, "m.predict(['red sneakers'])[0].tolist()", ("torch", "sentence_transformers", "transformers")
+        onnx_model_dir,
+        "m.predict(['red sneakers'])[0].tolist()",
+        ("torch", "sentence_transformers", "transformers"),
     )
     assert out == ["['Shoes', 'Sneakers']", "[]"]
 

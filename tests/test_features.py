@@ -134,7 +134,8 @@ def test_head_probabilities_equal_the_joined_sparse_product(lexical_model, tiny_
         np.testing.assert_allclose(head.proba(lexical_model.features(texts))[1], expected, atol=1e-6)
     for text in texts[:5]:  # one text at a time (the request path) agrees with the batch
         np.testing.assert_allclose(
-            lexical_model.predict_proba([text])[1], lexical_model.predict_proba(texts)[1][[texts.index(text)]],
+            lexical_model.predict_proba([text])[1],
+            lexical_model.predict_proba(texts)[1][[texts.index(text)]],
             atol=1e-6,
         )
 
@@ -149,7 +150,9 @@ def test_weights_are_stored_for_a_copy_free_product(lexical_model):
 
 def test_serving_a_lexical_model_imports_no_sklearn_pandas_or_torch(lexical_model, tmp_path, serving_process):
     lexical_model.save(tmp_path / "m")
-    out = serving_process(tmp_path / "m", "m.classify(['red sneakers', ''])[0].path", ("sklearn", "pandas", "torch", "scipy"))
+    out = serving_process(
+        tmp_path / "m", "m.classify(['red sneakers', ''])[0].path", ("sklearn", "pandas", "torch", "scipy")
+    )
     assert out == ["('Shoes', 'Sneakers')", "[]"]
 
 
