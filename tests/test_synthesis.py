@@ -346,3 +346,11 @@ def test_llm_generator_with_llamacpp_writes_short_queries_on_the_intended_path(t
     assert result.counts.generated > 0  # a weak model still writes lines; the filters decide
     assert all(r.source == "synthetic:llm:smollm2" and r.path == ("Shoes", "Boots") for r in result.rows)
     assert all(1 <= len(r.text.split()) <= 6 for r in result.rows)
+
+
+def test_titles_keep_short_queries_whole_and_drop_a_title_brand():
+    from shelver.synthesis import _drop_brand
+
+    assert _drop_brand(["organic", "whole", "milk"], set()) == ["organic", "whole", "milk"]
+    assert _drop_brand(["acme", "organic", "whole", "milk"], set()) == ["organic", "whole", "milk"]
+    assert _drop_brand(["acme", "co", "blue", "jeans"], {"blue"}) == ["blue", "jeans"]

@@ -272,11 +272,12 @@ class TitleGenerator:
 
 def _drop_brand(words: list[str], known: set[str]) -> list[str]:
     """Leading words before the first known word (gender, attribute value, taxonomy word) are the
-    brand; with no known word at all, only the first word is taken as the brand."""
+    brand; with no known word at all, only the first word of a title (4 words or more) is taken as
+    the brand: a text of 3 words or fewer is already a query ("organic whole milk")."""
     for i, word in enumerate(words):
         if word in known:
             return words[i:]
-    return words[1:] if len(words) > 2 else words
+    return words[1:] if len(words) > 3 else words
 
 
 def typo(word: str, rng: random.Random) -> str:
