@@ -1,0 +1,105 @@
+"""Cold start: ``shelver bootstrap``, a taxonomy and a raw search log to a model (shelver.pipeline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from shelver.cli.common import existing_file, labeling_backend_options, main, taxonomy_option
+
+
+# ---- issue 8: cold start (bootstrap) ------------------------------------------------------------
+@main.command()
+@taxonomy_option
+@click.option(
+    "--log",
+    "log_path",
+    required=True,
+    type=existing_file,
+    help="Unlabeled search log ('text', optional 'count').",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option(
+    "--config",
+    "config_path",
+    type=existing_file,
+    help="TOML: [label] [select] [synthesize] [train] [export] [review].",
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override, e.g. select.min_confidence=0.6."
+)
+@click.option(
+    "--labeled-sample",
+    "sample_path",
+    type=existing_file,
+    help="Real queries with labels: scored beside the LLM labels.",
+)
+@click.option(
+    "--from",
+    "start_from",
+    help="Re-run from this stage (label, select, synthesize, train, evaluate, export, review).",
+)
+@labeling_backend_options
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def bootstrap(
+    taxonomy_path: Path,
+    log_path: Path,
+    out: Path,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    sample_path: Path | None,
+    start_from: str | None,
+    backends: tuple[str, ...],
+    model: str | None,
+    base_url: str | None,
+    options: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Label a raw log, train, calibrate, evaluate, export and list queries to review; resumable.
+
+    \b
+    [select], the labels that train (keys, defaults):
+      min_confidence = 0.5    machine labels below it are left out (after smoothing: use 0.2)
+      valid_fraction = 0.2    share held out for calibration, by a hash of the text
+      smooth = false          re-label the embedding labeler's rows from the log's own embeddings:
+                              leaves refined by the rows they win, then a mean over neighbours
+                              (source embedding+smooth; human and LLM labels never change)
+      smooth_beta = 3.0       weight of the rows a leaf wins against its description
+      smooth_k = 30           nearest log rows averaged per row
+    \b
+    [synthesize], between select and train (keys, defaults):
+      enabled = true          off: train on the selected labels only
+      min_examples = 50       leaves with fewer selected training rows get synthetic queries
+      per_class = 20          queries kept per leaf and generator, at most
+      generators = ["attributes", "titles"]   add "llm" to write with the label backend
+      judge_top_k = 3         label.encoder must rank the leaf in its top K (0: no judge)
+      seed = 0
+    Rows that duplicate training text or copy the held-out split or --labeled-sample are
+    dropped; kept rows (source synthetic:*) train but never count toward the tail bands.
+    """
+    from shelver.pipeline import RunContext, load_bootstrap_config, run_pipeline
+
+    config = load_bootstrap_config(
+        config_path, overrides + _label_overrides(backends, model, base_url, options)
+    )
+    ctx = RunContext(taxonomy_path, log_path, out, config, sample_path, progress=not quiet)
+    run_pipeline(ctx, start_from, echo=lambda line: click.echo(line, err=True))
+    click.echo((out / "evaluate" / "report.md").read_text())
+    click.echo(f"model: {out}/export/model; queries to review: {out}/review/review.csv", err=True)
+
+
+def _label_overrides(
+    backends: tuple[str, ...], model: str | None, base_url: str | None, options: tuple[str, ...]
+) -> tuple[str, ...]:
+    extra = []
+    if backends:
+        extra.append(f"label.backends={json.dumps(list(backends))}")
+    if model:
+        extra.append(f"label.model={json.dumps(model)}")
+    if base_url:
+        extra.append(f"label.base_url={json.dumps(base_url)}")
+    if options:
+        extra.append(f"label.options={json.dumps(list(options))}")
+    return tuple(extra)

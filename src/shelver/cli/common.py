@@ -1,0 +1,76 @@
+"""The ``shelver`` group and what its commands share: error handling, offline defaults, common options."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from shelver.errors import ShelverError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class ShelverGroup(click.Group):
+    """Turns library errors into one clear line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ShelverError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=ShelverGroup)
+@click.version_option(package_name="shelver")
+def main() -> None:
+    """Put every search query on the right shelf of a category > subcategory taxonomy."""
+
+
+existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+# options several commands share, spelled once
+taxonomy_option = click.option(
+    "--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt)."
+)
+train_option = click.option(
+    "--train", "train_path", required=True, type=existing_file, help="Labeled training data."
+)
+
+
+def labeling_backend_options(command: Callable) -> Callable:
+    """--backend/--model/--base-url/--option, shared by 'shelver label' and 'shelver bootstrap'."""
+    for option in reversed(
+        [
+            click.option(
+                "--backend",
+                "backends",
+                multiple=True,
+                metavar="NAME[=MODEL]",
+                help="embedding (default, offline) | openai | llamacpp | fake. Repeat to vote.",
+            ),
+            click.option(
+                "--model",
+                help="Model of the LLM backend(s): a name for openai, a GGUF path or "
+                "'smollm2'/'qwen2.5-coder-1.5b' for llamacpp.",
+            ),
+            click.option("--base-url", help="openai backend: the endpoint, e.g. http://127.0.0.1:8080/v1."),
+            click.option(
+                "--option",
+                "options",
+                multiple=True,
+                metavar="[BACKEND.]KEY=VALUE",
+                help="Backend option, e.g. openai.structured=none, llamacpp.n_threads=2, "
+                "embedding.min_similarity=0.3.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command

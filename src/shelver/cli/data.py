@@ -1,0 +1,350 @@
+"""Labeled data: label a raw search log, export/audit/import its labels, synthesize tail queries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from shelver.cli.common import (
+    ShelverGroup,
+    existing_file,
+    labeling_backend_options,
+    main,
+    taxonomy_option,
+    train_option,
+)
+
+
+# ---- issue 5: label raw search logs (LLM, validated against the taxonomy) ----------------------
+@main.command()
+@taxonomy_option
+@click.option(
+    "--log",
+    "log_path",
+    required=True,
+    type=existing_file,
+    help="Search log: CSV/Parquet/JSONL with a 'text' column (optional 'count'), or text lines.",
+)
+@click.option(
+    "--out",
+    "store_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Label store (SQLite) to create, or to resume: finished queries are skipped.",
+)
+@labeling_backend_options
+@click.option("--concurrency", default=4, show_default=True, help="Calls in flight at once.")
+@click.option(
+    "--max-retries", default=5, show_default=True, help="Retries of a call on 429/5xx/timeouts (backoff)."
+)
+@click.option(
+    "--votes", default=1, show_default=True, help="Samples per LLM backend (agreement -> confidence)."
+)
+@click.option("--shortlist", default=10, show_default=True, help="Candidate paths shown to the LLM.")
+@click.option(
+    "--encoder", default="minilm", show_default=True, help="Encoder for shortlists and the embedding backend."
+)
+@click.option("--prompt", default="label_v1", show_default=True, help="Prompt name or .txt file.")
+@click.option("--limit", type=int, help="Label only the N most frequent queries.")
+@click.option("--synonyms", "synonyms_path", type=existing_file, help="JSON/YAML {variant: canonical name}.")
+@click.option("--price-prompt", type=float, help="US$ per million prompt tokens (cost estimate).")
+@click.option("--price-completion", type=float, help="US$ per million completion tokens (cost estimate).")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def label(
+    taxonomy_path: Path,
+    log_path: Path,
+    store_path: Path,
+    backends: tuple[str, ...],
+    model: str | None,
+    base_url: str | None,
+    options: tuple[str, ...],
+    concurrency: int,
+    max_retries: int,
+    votes: int,
+    shortlist: int,
+    encoder: str,
+    prompt: str,
+    limit: int | None,
+    synonyms_path: Path | None,
+    price_prompt: float | None,
+    price_completion: float | None,
+    text_column: str,
+    quiet: bool,
+) -> None:
+    """Label a raw search log into a resumable store; every label is a path of the taxonomy or none."""
+    from shelver.labeling import LabelConfig, Labeler, LabelStore, read_query_log
+    from shelver.labeling.config import voters_from_cli
+    from shelver.taxonomy import Taxonomy
+
+    config = LabelConfig(
+        voters=voters_from_cli(backends, model, base_url, options),
+        encoder=encoder,
+        shortlist=shortlist,
+        samples=votes,
+        prompt=prompt,
+        concurrency=concurrency,
+        max_retries=max_retries,
+        limit=limit,
+        price_prompt=price_prompt,
+        price_completion=price_completion,
+        synonyms=_read_synonyms(synonyms_path),
+    )
+    taxonomy = Taxonomy.load(taxonomy_path)
+    queries = read_query_log(log_path, text_column)
+    labeler = Labeler(taxonomy, config)
+    with LabelStore(store_path) as store:
+        try:
+            summary = labeler.run(store, queries, progress=not quiet)
+        finally:
+            labeler.close()
+        click.echo(_label_summary(summary, store), err=True)
+
+
+def _read_synonyms(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    import yaml
+
+    from shelver.errors import ConfigError
+
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: synonyms must be a mapping of variant -> canonical name")
+    return {str(k): str(v) for k, v in doc.items()}
+
+
+def _label_summary(summary, store) -> str:
+    stats = summary.to_dict()
+    cost = f", est. cost ${stats['cost']:.4f}" if stats["cost"] is not None else ""
+    lines = [
+        f"labeled {stats['queries']:,} queries with {stats['calls']:,} calls in {stats['seconds']:.1f}s "
+        f"({stats['calls_per_second']:.2f} calls/s); tokens {stats['prompt_tokens']:,} in / "
+        f"{stats['completion_tokens']:,} out{cost}",
+        f"calls by status: {json.dumps(stats['by_status'])}; repairs: {json.dumps(stats['repairs'])}",
+    ]
+    if stats["reasons"]:
+        lines.append(f"rejections and errors: {json.dumps(stats['reasons'])}")
+    lines.append(
+        f"store {store.path}: {store.count('labels'):,} labels for {store.count('queries'):,} queries"
+    )
+    return "\n".join(lines)
+
+
+@main.group(cls=ShelverGroup)
+def labels() -> None:
+    """Export, audit and re-import the labels of a label store."""
+
+
+@labels.command("export")
+@click.option(
+    "--store", "store_path", required=True, type=existing_file, help="Label store written by 'shelver label'."
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Training file (.csv, .parquet or .jsonl).",
+)
+@click.option("--min-confidence", default=0.0, show_default=True, help="Drop machine labels below this.")
+@click.option(
+    "--min-agreement", default=0.0, show_default=True, help="Drop machine labels whose votes agree less."
+)
+@click.option(
+    "--taxonomy",
+    "taxonomy_path",
+    type=existing_file,
+    help="Export against this taxonomy instead: labels whose path it lacks are dropped and counted.",
+)
+def labels_export(
+    store_path: Path, out: Path, min_confidence: float, min_agreement: float, taxonomy_path: Path | None
+) -> None:
+    """Write a training file with a 'source' column; every path is checked against the taxonomy."""
+    from shelver.labeling import LabelStore, export_frame, write_training_file
+    from shelver.taxonomy import Taxonomy
+
+    taxonomy = Taxonomy.load(taxonomy_path) if taxonomy_path else None
+    with LabelStore(store_path, create=False) as store:
+        frame, skipped = export_frame(store, min_confidence, min_agreement, taxonomy)
+    written = write_training_file(frame, out)
+    sources = frame["source"].value_counts().to_dict()
+    click.echo(
+        f"wrote {len(frame):,} rows to {written} (by source: {json.dumps(sources)}; "
+        f"left out: {json.dumps(skipped)})",
+        err=True,
+    )
+
+
+@labels.command("audit")
+@click.option("--store", "store_path", required=True, type=existing_file, help="Label store.")
+@click.option(
+    "--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Trained model directory."
+)
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Review CSV to write."
+)
+@click.option("--limit", type=int, help="Only the N labels the model disagrees with most.")
+def labels_audit(store_path: Path, model_dir: Path, out: Path, limit: int | None) -> None:
+    """List the labels a trained model disagrees with most, as a CSV a reviewer edits (human_path)."""
+    from shelver.labeling import LabelStore
+    from shelver.labeling.review import audit_frame
+    from shelver.model_dir import load_model
+
+    model = load_model(model_dir)
+    with LabelStore(store_path, create=False) as store:
+        review = audit_frame(store, model, limit)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    review.to_csv(out, index=False)
+    click.echo(
+        f"wrote {len(review):,} labels to review to {out}, most doubtful first; fill in 'human_path' "
+        f"('=' accepts the label, 'none' for no category) and run 'shelver labels import'",
+        err=True,
+    )
+
+
+@labels.command("import")
+@click.option("--store", "store_path", required=True, type=existing_file, help="Label store.")
+@click.option("--review", "review_path", required=True, type=existing_file, help="Reviewed CSV.")
+@click.option("--reviewer", help="Name stored with the labels (default: review:<file name>).")
+def labels_import(store_path: Path, review_path: Path, reviewer: str | None) -> None:
+    """Store a reviewed CSV's rows as human labels, which outrank every machine label."""
+    from shelver.labeling import LabelStore
+    from shelver.labeling.review import import_reviews
+
+    with LabelStore(store_path, create=False) as store:
+        count = import_reviews(store, review_path, reviewer)
+    click.echo(f"imported {count:,} human labels into {store_path}", err=True)
+
+
+# ---- issue 6: synthetic queries for low-traffic subcategories -----------------------------------
+@main.command()
+@taxonomy_option
+@train_option
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Synthetic file (.csv/.parquet/.jsonl).",
+)
+@click.option(
+    "--min-examples", default=50, show_default=True, help="Synthesize for leaves with fewer training rows."
+)
+@click.option(
+    "--per-class", default=20, show_default=True, help="Queries kept per leaf and generator (at most)."
+)
+@click.option(
+    "--generator",
+    "generators",
+    multiple=True,
+    type=click.Choice(["attributes", "titles", "llm"]),
+    help="Repeat to combine (default: attributes and titles).",
+)
+@click.option(
+    "--backend", type=click.Choice(["openai", "llamacpp", "fake"]), help="LLM backend of --generator llm."
+)
+@click.option(
+    "--model", help="LLM: a name for openai, a GGUF path or 'smollm2'/'qwen2.5-coder-1.5b' for llamacpp."
+)
+@click.option("--base-url", help="openai backend: the endpoint, e.g. http://127.0.0.1:8080/v1.")
+@click.option(
+    "--option", "options", multiple=True, metavar="KEY=VALUE", help="Backend option, e.g. n_threads=1."
+)
+@click.option(
+    "--avoid", "avoid_paths", multiple=True, type=existing_file, help="Valid/test files not to leak into."
+)
+@click.option(
+    "--judge",
+    help="Keep rows a judge assigns to their leaf: a trained model directory, or 'embedding'.",
+)
+@click.option("--judge-top-k", default=1, show_default=True, help="The leaf must be in the judge's top K.")
+@click.option(
+    "--encoder", default="minilm", show_default=True, help="Encoder for near-duplicate/leak filters."
+)
+@click.option(
+    "--shopify",
+    "shopify_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="shopify-taxonomy folder: add its color/pattern/material values to the attributes.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the generators.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def synthesize(
+    taxonomy_path: Path,
+    train_path: Path,
+    out: Path,
+    min_examples: int,
+    per_class: int,
+    generators: tuple[str, ...],
+    backend: str | None,
+    model: str | None,
+    base_url: str | None,
+    options: tuple[str, ...],
+    avoid_paths: tuple[Path, ...],
+    judge: str | None,
+    judge_top_k: int,
+    encoder: str,
+    shopify_dir: Path | None,
+    seed: int,
+    quiet: bool,
+) -> None:
+    """Generate filtered synthetic queries for the leaves with fewer than --min-examples rows."""
+    from shelver import synthesis as s
+    from shelver.taxonomy import Taxonomy
+
+    taxonomy = Taxonomy.load(taxonomy_path)
+    frame, y = s.read_training(train_path, taxonomy)
+    llm = _synthesis_backend(backend, model, base_url, options) if "llm" in generators else None
+    try:
+        result = s.synthesize(
+            taxonomy,
+            frame,
+            y,
+            s.make_generators(generators or ("attributes", "titles"), seed, llm),
+            encoder=encoder,
+            min_examples=min_examples,
+            per_class=per_class,
+            avoid=s.read_avoid(avoid_paths),
+            judge=_synthesis_judge(judge, taxonomy, encoder),
+            filters=s.FilterConfig(judge_top_k=judge_top_k),
+            extra_attributes=s.shopify_attributes(shopify_dir) if shopify_dir else None,
+            progress=not quiet,
+        )
+    finally:
+        if llm is not None:
+            llm.close()
+    s.write_rows(result.rows, taxonomy, out)
+    click.echo(_synthesis_summary(result, out), err=True)
+
+
+def _synthesis_backend(
+    backend: str | None, model: str | None, base_url: str | None, options: tuple[str, ...]
+):
+    from shelver.errors import ConfigError
+    from shelver.labeling import make_backend
+    from shelver.labeling.config import voters_from_cli
+
+    if backend is None:
+        raise ConfigError("--generator llm needs --backend openai or --backend llamacpp")
+    spec = voters_from_cli([backend], model, base_url, options)[0]
+    return make_backend(spec.backend, spec.model, spec.options)
+
+
+def _synthesis_judge(judge: str | None, taxonomy, encoder: str):
+    from shelver import synthesis as s
+
+    if judge is None:
+        return None
+    if judge == "embedding":
+        return s.EmbeddingJudge(taxonomy, encoder)
+    return s.ClassifierJudge.load(judge, taxonomy)
+
+
+def _synthesis_summary(result, out: Path) -> str:
+    removed = ", ".join(f"{k} {v:,}" for k, v in result.counts.removed.items() if v) or "none"
+    sources = ", ".join(f"{k} {v:,}" for k, v in sorted(result.by_source.items())) or "none"
+    return (
+        f"{len(result.paths):,} leaves below the threshold; generated {result.counts.generated:,}, "
+        f"removed {removed}; wrote {len(result.rows):,} rows ({sources}) -> {out}"
+    )
