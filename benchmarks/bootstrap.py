@@ -42,7 +42,8 @@ DATA = Path("/work/shared/data")
 CACHE = Path(__file__).resolve().parent / ".cache" / "bootstrap"
 RESULTS = Path(__file__).resolve().parent / "results"
 # the earlier attempt's recipe: frozen MiniLM + lexical TF-IDF, one flat head, thresholds at 0.9;
-# bootstrap-smooth*.md ran with select.smooth=true select.min_confidence=0.2 (then the defaults)
+# bootstrap-smooth*.md ran with select.smooth=true select.min_confidence=0.2; bootstrap-auto.md with
+# the default select.smooth=auto and --labeled-sample 500
 DEFAULT_SETTINGS = (
     "train.head.kind=flat",
     "train.lexical.enabled=true",
@@ -113,14 +114,19 @@ def splits(dataset: str) -> dict[str, pd.DataFrame]:
     return {s: frame[frame["split"] == s].reset_index(drop=True) for s in ("train", "valid", "test")}
 
 
-def write_inputs(dataset: str, work: Path, parts: dict[str, pd.DataFrame]) -> dict[str, Path]:
-    """The log (train texts only: no labels) and the labeled splits the anchors use."""
+def write_inputs(dataset: str, work: Path, parts: dict[str, pd.DataFrame], sample: int) -> dict[str, Path]:
+    """The log (train texts only: no labels), the labeled splits, and a labeled sample of ``sample``
+    log rows (what a team labels by hand: held out of training, used to decide smoothing)."""
     work.mkdir(parents=True, exist_ok=True)
     paths = {"log": work / "log.csv"}
     parts["train"][["text"]].to_csv(paths["log"], index=False)
     for split in ("train", "valid", "test"):
         paths[split] = work / f"{split}.csv"
         parts[split][["text", "category", "subcategory"]].to_csv(paths[split], index=False)
+    if sample:
+        paths["sample"] = work / f"sample-{sample}.csv"
+        rows = parts["train"].sample(n=sample, random_state=0)
+        rows[["text", "category", "subcategory"]].to_csv(paths["sample"], index=False)
     return paths
 
 
@@ -191,6 +197,7 @@ def bootstrapped(
         log_path=paths["log"],
         out=work / "run",
         config=load_bootstrap_config(None, settings),
+        labeled_sample=paths.get("sample"),
         progress=False,
     )
     results = run_pipeline_without(ctx, () if review else ("review",))
@@ -221,7 +228,8 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
     use_table(table)
     work = Path(args.work) / dataset
     settings = (*DEFAULT_SETTINGS, *args.set)
-    paths = {**write_inputs(dataset, work, splits(dataset)), "taxonomy": DATA / dataset / "taxonomy.json"}
+    paths = write_inputs(dataset, work, splits(dataset), args.labeled_sample)
+    paths["taxonomy"] = DATA / dataset / "taxonomy.json"
     taxonomy = Taxonomy.load(paths["taxonomy"])
     test = read_labeled(paths["test"], taxonomy)
     start = time.perf_counter()
@@ -272,9 +280,17 @@ def gains(results: list[dict[str, Any]]) -> list[str]:
 
 def _smoothed(select: dict[str, Any]) -> str:
     smooth = select.get("smooth", {})
+    sample = smooth.get("sample")
+    decided = (
+        f"; auto smoothing {'on' if smooth['enabled'] else 'off'}: full-path accuracy of the labels on the "
+        f"{sample['rows']:,} sampled log rows {sample['raw']:.3f} raw, {sample['smoothed']:.3f} smoothed"
+        if sample
+        else ""
+    )
     if not smooth.get("enabled"):
-        return ""
-    return f"; smoothing re-labeled {smooth['rows']:,} rows, {smooth['paths_changed']:,} to another path"
+        return decided
+    changed = f"; smoothing re-labeled {smooth['rows']:,} rows, {smooth['paths_changed']:,} to another path"
+    return changed + decided
 
 
 def render(command: str, settings: tuple[str, ...], results: list[dict[str, Any]]) -> str:
@@ -300,6 +316,9 @@ def main() -> None:
     # store once per log query (quadratic: 33k queries ran for minutes without finishing)
     parser.add_argument("--review", action="store_true", help="also run the review stage")
     parser.add_argument("--out", default=str(RESULTS / "bootstrap"))
+    parser.add_argument(
+        "--labeled-sample", type=int, default=0, help="hand-label this many log rows (0: none)"
+    )
     args = parser.parse_args()
     results = [run_dataset(d, args) for d in args.datasets]
     command = "nice -n 5 python benchmarks/bootstrap.py " + " ".join(sys.argv[1:])

@@ -19,7 +19,12 @@ from shelver.errors import ConfigError
 from shelver.pipeline import STAGES, RunContext, load_bootstrap_config, read_manifest, run_pipeline
 from shelver.taxonomy import Taxonomy
 
-FAST = ("label.encoder=hashing", "train.encoder.name=hashing", "select.min_confidence=0.0")
+FAST = (
+    "label.encoder=hashing",
+    "train.encoder.name=hashing",
+    "select.min_confidence=0.0",
+    "select.smooth_min_confidence=0.0",
+)
 RESULTS = (
     "select/train.csv",
     "select/valid.csv",
@@ -318,9 +323,12 @@ def test_smoothing_relabels_embedding_rows_counts_changes_and_is_in_the_hash(
     ]  # fmt: skip
     smoothed = _selected(out).loc[plain.index]
     assert set(plain["source"]) == {"embedding"} and set(smoothed["source"]) == {"embedding+smooth"}
-    summary = read_manifest(out / "select")["summary"]["smooth"]
+    select = read_manifest(out / "select")["summary"]
+    summary, held_out = select["smooth"], select["labeled_sample_queries_left_out"]
     moved = (smoothed[["category", "subcategory"]] != plain[["category", "subcategory"]]).any(axis=1)
-    assert summary == {"enabled": True, "rows": len(plain), "paths_changed": int(moved.sum())}
+    # the labeled sample's log queries are smoothed too (they are neighbours), then held out
+    assert summary["enabled"] and summary["mode"] == "on" and summary["rows"] == len(plain) + held_out
+    assert int(moved.sum()) <= summary["paths_changed"] <= int(moved.sum()) + held_out
     assert not smoothed["confidence"].equals(plain["confidence"])
     statuses = _run(inputs, out, "select.smooth=true", "select.smooth_k=5")
     assert statuses["label"] == "skipped" and statuses["select"] == statuses["train"] == "ran"
@@ -341,6 +349,50 @@ def test_smoothing_never_changes_human_labels(inputs: dict[str, Path], tmp_path:
     assert selected.loc[boots, "subcategory"].tolist() == ["Tops", "Tops"]
     assert set(selected.loc[boots, "source"]) == {"human"}
     assert (selected.drop(index=boots)["source"] == "embedding+smooth").all()
+
+
+def test_auto_smoothing_follows_the_labeled_sample(inputs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _run(inputs, out, "select.smooth=auto")
+    summary = read_manifest(out / "select")["summary"]["smooth"]
+    sample = summary["sample"]
+    assert summary["mode"] == "auto" and sample["rows"] > 0
+    assert summary["enabled"] == (sample["smoothed"] > sample["raw"])
+    expected = {"embedding+smooth"} if summary["enabled"] else {"embedding"}
+    assert set(_selected(out)["source"]) == expected
+    without = RunContext(
+        inputs["taxonomy"], inputs["log"], tmp_path / "bare", load_bootstrap_config(None, FAST)
+    )
+    run_pipeline(without, echo=lambda line: None)  # no labeled sample: nothing to decide on, so off
+    assert read_manifest(tmp_path / "bare" / "select")["summary"]["smooth"] == {
+        "enabled": False,
+        "mode": "auto",
+    }
+
+
+def test_sample_agreement_scores_raw_and_smoothed_labels_on_the_sample(tmp_path: Path, tiny_files) -> None:
+    from shelver.pipeline.select import sample_agreement
+    from shelver.taxonomy import Taxonomy
+
+    tree = Taxonomy.load(tiny_files["taxonomy"])
+    (a, b), (c, d) = tree.paths[0], tree.paths[1]
+    pd.DataFrame({"text": ["Red Boot", "blue top"], "category": [a, c], "subcategory": [b, d]}).to_csv(
+        tmp_path / "sample.csv", index=False
+    )
+    raw = pd.DataFrame(
+        {"text": ["red boot", "blue top", "other"], "category": [a, a, a], "subcategory": [b, b, b]}
+    )
+    smoothed = raw.assign(category=[a, c, c], subcategory=[b, d, d])
+    got = sample_agreement(raw, smoothed, tmp_path / "sample.csv", tree)
+    assert got == {"rows": 2, "raw": 0.5, "smoothed": 1.0}
+
+
+def test_smoothing_modes_are_checked_and_booleans_still_read() -> None:
+    assert load_bootstrap_config(None, ("select.smooth=true",)).select.smooth == "on"
+    assert load_bootstrap_config(None, ("select.smooth=false",)).select.smooth == "off"
+    assert load_bootstrap_config().select.smooth == "auto"
+    with pytest.raises(ConfigError, match="select.smooth is 'maybe'; choose one of auto, on, off"):
+        load_bootstrap_config(None, ("select.smooth=maybe",))
 
 
 def test_bad_smoothing_setting_fails_at_load() -> None:

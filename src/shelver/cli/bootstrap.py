@@ -61,11 +61,14 @@ def bootstrap(
 
     \b
     [select], the labels that train (keys, defaults):
-      min_confidence = 0.5    machine labels below it are left out (after smoothing: use 0.2)
+      min_confidence = 0.5    machine labels below it are left out
       valid_fraction = 0.2    share held out for calibration, by a hash of the text
-      smooth = false          re-label the embedding labeler's rows from the log's own embeddings:
+      smooth = "auto"         re-label the embedding labeler's rows from the log's own embeddings:
                               leaves refined by the rows they win, then a mean over neighbours
-                              (source embedding+smooth; human and LLM labels never change)
+                              (source embedding+smooth; human and LLM labels never change);
+                              auto: only if it makes --labeled-sample's labels more accurate
+                              (no sample: off); "on" / "off" force it
+      smooth_min_confidence = 0.2   smoothed labels below it are left out
       smooth_beta = 3.0       weight of the rows a leaf wins against its description
       smooth_k = 30           nearest log rows averaged per row
     \b

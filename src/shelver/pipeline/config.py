@@ -34,18 +34,21 @@ class LabelStage:
 class SelectStage:
     # machine labels below this confidence are left out (human labels always go in); the embedding
     # labeler's confidence is a softmax over its shortlist: a toss-up between two paths scores ~0.5.
-    # With smooth on it applies to the smoothed confidence, a mean over neighbours and so lower: use
-    # 0.2 there (grocery, 8k-row log slice, a logistic head on the kept rows, valid L1: 0.0 -> 0.575,
-    # 0.2 -> 0.579, 0.3 -> 0.576, 0.5 -> 0.528); without smoothing 0.3-0.5 did best (~0.565)
+    # Without smoothing 0.3-0.5 did best (grocery, 8k-row log slice, valid L1 ~0.565)
     min_confidence: float = 0.5
     # share of the selected rows held out (by a hash of the text, so a query never moves split)
     valid_fraction: float = 0.2
     # re-derive the embedding labeler's labels from the log's own embeddings (labeling/smoothing.py):
     # leaf vectors refined by the rows they win, then each row's distribution averaged over its
-    # nearest log rows; human and LLM labels are never changed. On grocery's valid split it lifted
-    # the labels from L1 / L2 0.535 / 0.375 to 0.604 / 0.456, but the fashion benchmark's model fell
-    # (L1 0.945 -> 0.872, bootstrap-smooth-fashion.md): off until a rule for when it helps is measured
-    smooth: bool = False
+    # nearest log rows; human and LLM labels are never changed. It helps where the zero-shot labels
+    # are weak and hurts where they are good (bootstrapped L1: grocery 0.571 -> 0.602, fashion
+    # 0.945 -> 0.872, bootstrap-smooth*.md), so "auto" keeps it only when a --labeled-sample shows
+    # the smoothed labels of the sample's own log queries to be more accurate (no sample: off);
+    # "on" and "off" force it
+    smooth: str = "auto"
+    # min_confidence for smoothed labels: a mean over neighbours, so lower than a raw confidence
+    # (median ~0.4). Grocery, 8k-row log slice, valid L1: 0.0 -> 0.575, 0.2 -> 0.579, 0.5 -> 0.528
+    smooth_min_confidence: float = 0.2
     # weight of the mean of the rows a leaf wins against its description (valid: 1 -> 0.570, 3 -> 0.577)
     smooth_beta: float = 3.0
     # neighbours averaged per row (valid L1: 10 -> 0.587, 20 -> 0.595, 30 -> 0.598)
@@ -123,13 +126,26 @@ def load_bootstrap_config(path: str | Path | None = None, overrides: tuple[str, 
             f"unknown bootstrap config section {sorted(unknown)[0]!r}; "
             f"valid sections: {', '.join(['label', 'select', 'synthesize', 'train', 'export', 'review'])}"
         )
+    _smooth_mode(values.get("select", {}))
     sections = {name: _section(cls, values.get(name, {}), name) for name, cls in _SECTIONS.items()}
     train = _build(TrainConfig, _with_train_defaults(values.get("train", {})), "train.")
     config = BootstrapConfig(train=train, **sections)
     _check_generators(config)  # before labeling, not hours later when the stage starts
-    if config.select.smooth:
+    if config.select.smooth != "off":
         _smoothing(config)  # its ConfigError too
     return config
+
+
+SMOOTH_MODES = ("auto", "on", "off")
+
+
+def _smooth_mode(select: dict[str, Any]) -> None:
+    """``select.smooth``: auto, on or off (true / false, from before "auto", mean on / off)."""
+    value = select.get("smooth", "auto")
+    if isinstance(value, bool):
+        select["smooth"] = value = "on" if value else "off"
+    if value not in SMOOTH_MODES:
+        raise ConfigError(f"select.smooth is {value!r}; choose one of {', '.join(SMOOTH_MODES)}")
 
 
 def _with_train_defaults(values: dict[str, Any]) -> dict[str, Any]:

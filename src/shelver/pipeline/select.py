@@ -44,10 +44,11 @@ def _select_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     cfg = ctx.config.select
     with LabelStore(store_path(ctx), create=False) as store:
         # smoothing needs every labeled row (its neighbours); the threshold comes after it
-        frame, skipped = export_frame(store, 0.0 if cfg.smooth else cfg.min_confidence)
+        frame, skipped = export_frame(store, 0.0 if cfg.smooth != "off" else cfg.min_confidence)
+    frame, smoothed = _maybe_smoothed(ctx, frame)
     frame, held_out = _without_sample(frame, ctx.labeled_sample)
-    frame, smoothed = _smoothed(ctx, frame) if cfg.smooth else (frame, {"enabled": False})
-    frame = _confident(frame, cfg.min_confidence, skipped)
+    threshold = cfg.smooth_min_confidence if smoothed["enabled"] else cfg.min_confidence
+    frame = _confident(frame, threshold, skipped)
     is_valid = frame["text"].map(lambda t: text_bucket(t) < cfg.valid_fraction).astype(bool)
     train, valid = frame[~is_valid], frame[is_valid]
     _require_rows(train, valid, cfg)
@@ -61,6 +62,39 @@ def _select_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
         "by_source": frame["source"].value_counts().to_dict(),
         "smooth": smoothed,
     }
+
+
+def _maybe_smoothed(ctx: RunContext, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The labels, smoothed when ``select.smooth`` is on, or auto and the labeled sample says so."""
+    mode = ctx.config.select.smooth
+    if mode == "off" or (mode == "auto" and ctx.labeled_sample is None):
+        return frame, {"enabled": False, "mode": mode}
+    smoothed, info = _smoothed(ctx, frame)
+    if mode == "on":
+        return smoothed, {**info, "mode": mode}
+    agreement = sample_agreement(frame, smoothed, ctx.labeled_sample, ctx.taxonomy)
+    keep = agreement["smoothed"] > agreement["raw"]
+    return (smoothed if keep else frame), {**info, "enabled": keep, "mode": mode, "sample": agreement}
+
+
+def sample_agreement(raw: pd.DataFrame, smoothed: pd.DataFrame, sample: Path, tree: Taxonomy) -> dict:
+    """Full-path accuracy of the raw and of the smoothed labels on the labeled sample's queries."""
+    from shelver.data import read_labeled
+    from shelver.labeling import normalize_query
+
+    gold = read_labeled(sample, tree)
+    truth = {normalize_query(t): tuple(p) for t, p in zip(gold.texts, gold.y, strict=True)}
+    rows = raw["text"].isin(truth).to_numpy()
+    levels = list(tree.levels)
+    expected = [truth[t] for t in raw.loc[rows, "text"]]
+
+    def accuracy(frame: pd.DataFrame) -> float:
+        paths = list(frame.loc[rows, levels].itertuples(index=False, name=None))
+        return (
+            round(float(np.mean([p == e for p, e in zip(paths, expected, strict=True)])), 4) if paths else 0.0
+        )
+
+    return {"rows": int(rows.sum()), "raw": accuracy(raw), "smoothed": accuracy(smoothed)}
 
 
 def _confident(frame: pd.DataFrame, min_confidence: float, skipped: dict[str, int]) -> pd.DataFrame:
