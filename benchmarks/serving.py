@@ -462,13 +462,13 @@ def _cpu_rows(lat: dict, thr: dict) -> list[tuple[str, str, str]]:
 
 
 def batch_inputs(args: argparse.Namespace) -> dict[str, Path]:
-    """A Zipf search log of query forms and, for the worst case, all-distinct titles."""
+    """A Zipf search log of query forms and, for a harder case, long and mostly distinct titles."""
     workdir = Path(tempfile.mkdtemp(prefix="shelver-batch-"))
     train = pd.read_csv(args.data.parent / "train.csv", dtype=str, keep_default_na=False)
     forms = query_forms(args.model, train, args.data.parent / "train.csv")
     return {
         "Zipf log of query forms": make_log(forms, args.batch_rows, workdir / "log.parquet"),
-        "all-distinct titles": make_rows(train, args.distinct_rows, workdir / "titles.parquet"),
+        "catalogue titles with modifiers": make_rows(train, args.distinct_rows, workdir / "titles.parquet"),
     }
 
 
@@ -485,7 +485,7 @@ def main() -> None:
         default=1_000_000,
         help="rows of the Zipf search log; 0 skips classify-batch",
     )
-    parser.add_argument("--distinct-rows", type=int, default=100_000, help="rows of all-distinct titles")
+    parser.add_argument("--distinct-rows", type=int, default=100_000, help="rows of titles with modifiers")
     parser.add_argument("--rounds", type=int, default=5, help="throughput rounds of each kind")
     parser.add_argument("--note", default="")
     parser.add_argument(
