@@ -40,6 +40,16 @@ def test_tampered_file_is_refused(saved, tmp_path):
         load_model(copy)
 
 
+def test_a_corrupt_file_is_reported_as_modified_not_as_its_parser_error(saved, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(saved, copy)
+    (copy / "heads.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelDirError, match="heads.safetensors was modified after the model was saved"):
+        load_model(copy)
+
+
 def test_different_taxonomy_is_refused(saved, taxonomy):
     load_model(saved, taxonomy=taxonomy)  # the same tree loads
     grown = Taxonomy.from_paths([*taxonomy.paths, ("Shoes", "Clogs")])

@@ -149,13 +149,26 @@ def load_model(
     (``shelver export``); ``"serving"`` the export, or the saved encoder if that is torch-free
     already, and never imports torch. ``threads`` limits onnxruntime's threads.
     """
+    root = Path(path)
+    manifest = read_manifest(root)
+    # the files are hashed on other threads (hashlib lets go of the GIL) while the model loads:
+    # start-up pays for the slower of the two, not their sum
+    with HashCheck(root, manifest) as check:
+        try:
+            model = _build(root, manifest, taxonomy, encoder, threads)
+        except Exception:
+            check.wait()  # a tampered file explains the failure better than its parser does
+            raise
+    return model
+
+
+def _build(
+    root: Path, manifest: dict[str, Any], taxonomy: Taxonomy | None, encoder: str, threads: int | None
+) -> HierarchicalClassifier:
     from safetensors.numpy import load_file
 
     from shelver.classifier import HierarchicalClassifier
 
-    root = Path(path)
-    manifest = read_manifest(root)
-    _check_hashes(root, manifest)
     config = json.loads((root / "config.json").read_text())
     trained_on = Taxonomy.load(root / "taxonomy.json")
     if taxonomy is not None:
@@ -247,16 +260,35 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_hashes(root: Path, manifest: dict[str, Any]) -> None:
-    for name, expected in manifest["files"].items():
-        file = root / name
-        if not file.is_file():
-            raise ModelDirError(f"{root} is incomplete: {name} is missing; retrain the model")
-        if _sha256(file) != expected:
-            raise ModelDirError(
-                f"{file} was modified after the model was saved (its SHA-256 no "
-                "longer matches manifest.json); restore it or retrain the model"
-            )
+class HashCheck:
+    """The manifest's files hashed on worker threads; ``wait`` (and leaving the block) raises
+    ``ModelDirError`` for the first missing or modified file."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.root, self.expected = root, manifest["files"]
+        for name in self.expected:
+            if not (root / name).is_file():
+                raise ModelDirError(f"{root} is incomplete: {name} is missing; retrain the model")
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shelver-hash")
+        self.digests = {name: self.pool.submit(_sha256, root / name) for name in self.expected}
+
+    def __enter__(self) -> HashCheck:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if kind is None:
+            self.wait()
+        self.pool.shutdown(wait=True)
+
+    def wait(self) -> None:
+        for name, digest in self.digests.items():
+            if digest.result() != self.expected[name]:
+                raise ModelDirError(
+                    f"{self.root / name} was modified after the model was saved (its SHA-256 no "
+                    "longer matches manifest.json); restore it or retrain the model"
+                )
 
 
 def check_same_taxonomy(trained_on: Taxonomy, expected: Taxonomy) -> None:
