@@ -97,7 +97,9 @@ def test_flat_level1_temperature_keeps_the_order_of_the_sums(seed, t1, t2):
     P1c, P2c = Calibration(t1, t2, leaf_first=True).apply(P2 @ np.eye(3)[leaf_category], P2, leaf_category)
     sums = P2c @ np.eye(3)[leaf_category]
     np.testing.assert_array_equal(P2c.argmax(axis=1), P2.argmax(axis=1))
-    np.testing.assert_array_equal(np.argsort(-P1c, axis=1), np.argsort(-sums, axis=1))
+    # a larger sum never gets a smaller calibrated probability (tiny sums may tie in float32)
+    larger = sums[:, :, None] > sums[:, None, :]
+    assert not np.any(larger & (P1c[:, :, None] < P1c[:, None, :]))
     np.testing.assert_allclose(P1c.sum(axis=1), 1.0, atol=1e-5)
 
 
