@@ -202,6 +202,7 @@ def _e2e_run(dataset: str, taxonomy, splits, encoder, path: str) -> Callable:
         model.head_.leaf_model = LinearSoftmax.from_arrays(
             load_file(str(CACHE / dataset / "e2e-head.safetensors")), "e2e"
         )
+        model._init_decisions()  # uncalibrated, no thresholds: the head's own arg-max
         return model.predict(splits["test"].texts), finetune_seconds(path), _fresh_predict(model)
 
     return run
