@@ -397,12 +397,12 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 COMMAND = (
-    "SHELVER_BENCH_FINETUNE_S=600 nice python benchmarks/representation.py finetune grocery "
-    "(stopped once the grocery classification encoder was saved); "
-    "nice python benchmarks/representation_valid.py fashion; "
-    "SHELVER_BENCH_SKIP=SetFit nice python benchmarks/representation.py evaluate fashion grocery "
-    "(grocery rows split over processes with SHELVER_BENCH_ONLY / SHELVER_BENCH_SKIP); "
-    "python benchmarks/representation.py report"
+    "SHELVER_BENCH_FINETUNE_S=900 SHELVER_BENCH_EPOCHS=2 python benchmarks/representation.py finetune "
+    "grocery fashion; SHELVER_BENCH_SKIP='masked,SetFit,valid-tuned,ft-classification / per_group,"
+    "ft-contrastive / per_group,ft-contrastive + lexical / per_group' OMP_NUM_THREADS=1 "
+    "python benchmarks/representation.py evaluate grocery (and, at the same time, fashion); "
+    "python benchmarks/representation.py report. Frozen rows and peers are from earlier runs "
+    "(nice python benchmarks/representation_valid.py fashion; the same evaluate stage)"
 )
 NOTE = (
     "Train on train, early-stop on valid, report on test. train_s = fine-tuning (wall-clock budgeted) "
