@@ -370,6 +370,7 @@ def markdown(r: dict) -> str:
         ("leaf accuracy PyTorch / ONNX", f"{acc['accuracy_pytorch']:.2%} / {acc['accuracy_onnx']:.2%}", ""),
     ]
     rows += _query_rows(r)
+    rows += _extra_http_rows(r)
     rows += _batch_rows(r.get("batch", {}))
     commands = [
         f"- `{v}`" + (f" (re-ran {k.removeprefix('command_')})" if k != "command" else "")
@@ -394,6 +395,17 @@ def markdown(r: dict) -> str:
     lines += ["| measure | result | target |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"
+
+
+def _extra_http_rows(r: dict) -> list[tuple[str, str, str]]:
+    """HTTP runs at other rates (``http_at_<rate>``, merged in by hand from ``--steps http --rate``)."""
+    rows = []
+    for key in sorted(k for k in r if k.startswith("http_at_")):
+        web = r[key]
+        label = f"HTTP p50 / p99 at {web['rate']:.0f} req/s for {web['seconds']:.0f} s (errors / 5xx)"
+        result = f"{web['p50_ms']:.2f} / {web['p99_ms']:.2f} ms ({web['errors']} / {web['server_5xx']:.0f})"
+        rows.append((label, result, "p99 ≤ 10 ms"))
+    return rows
 
 
 def _batch_rows(batch: dict) -> list[tuple[str, str, str]]:
