@@ -40,6 +40,9 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 taxonomy_option = click.option(
     "--taxonomy", "taxonomy_path", required=True, type=existing_file, help="Taxonomy (.json/.yaml/.txt)."
 )
+model_option = click.option(
+    "--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory."
+)
 train_option = click.option(
     "--train", "train_path", required=True, type=existing_file, help="Labeled training data."
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from shelver.cli.common import existing_file, main, taxonomy_option, train_option
+from shelver.cli.common import existing_file, main, model_option, taxonomy_option, train_option
 
 
 @main.command()
@@ -58,7 +58,7 @@ def train(
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@model_option
 @click.option("--data", "data_path", required=True, type=existing_file, help="Labeled data to score.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Report directory to write.")
 @click.option(
@@ -73,7 +73,7 @@ def evaluate(model_dir: Path, data_path: Path, out: Path, taxonomy_path: Path | 
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@model_option
 @click.option(
     "--input",
     "input_path",
@@ -122,7 +122,7 @@ def _decision_overrides(target_precision: float | None, multi_label: bool) -> tu
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@model_option
 @click.option("--valid", "valid_path", required=True, type=existing_file, help="Labeled validation data.")
 @click.option(
     "--target-precision", type=float, help="Choose thresholds so each level reaches this precision."

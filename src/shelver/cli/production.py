@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from shelver.cli.common import existing_file, main
+from shelver.cli.common import existing_file, main, model_option
 
 
 # ---- issue 7: production paths (export, serve, classify-batch) ----------------------------
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@model_option
 @click.option(
     "--data",
     "data_path",
@@ -50,7 +50,7 @@ def export(
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@model_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, help="TCP port.")
 @click.option("--workers", default=1, show_default=True, help="Processes, each with its own model copy.")
@@ -63,7 +63,7 @@ def serve(model_dir: Path, host: str, port: int, workers: int, log_level: str) -
 
 
 @main.command("classify-batch")
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Model directory.")
+@model_option
 @click.option(
     "--input",
     "input_path",
