@@ -33,6 +33,7 @@ import pandas as pd
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from shelver.batch import DEFAULT_SHARD_ROWS
 from shelver.model_dir import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,8 +311,8 @@ def classify_batch_runs(model_dir: Path, inputs: dict[str, Path]) -> dict:
 
 def _batch_engines(model_dir: Path, source: Path) -> dict:
     texts = pd.read_parquet(source, columns=["text"])["text"]
-    rows, shards = len(texts), -(-len(texts) // 50_000)
-    per_shard = sum(texts.iloc[i * 50_000 : (i + 1) * 50_000].nunique() for i in range(shards))
+    rows, shard = len(texts), DEFAULT_SHARD_ROWS  # classify-batch reuses a decision within a shard
+    per_shard = sum(texts.iloc[start : start + shard].nunique() for start in range(0, rows, shard))
     out = {"rows": rows, "distinct_texts": int(texts.nunique()), "classified_texts": int(per_shard)}
     for engine, target in (
         ("local", source.with_suffix(".local.parquet")),
