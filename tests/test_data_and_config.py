@@ -78,8 +78,37 @@ def test_config_layers(tmp_path):
         ("head.kindd=flat", "unknown config key 'head.kindd'; valid keys here: head.kind"),
         ("nonsense", "--set expects key=value"),
         ("seed=abc", "config key 'seed' expects int"),
+        ("encoder.finetune=maybe", 'encoder.finetune is true, false or "auto"'),
+        ("encoder.finetune=3", "config key 'encoder.finetune' expects bool | str"),
     ],
 )
 def test_bad_config(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("value", [True, False, "auto"])
+def test_finetune_reads_true_false_and_auto(value):
+    written = {True: "true", False: "false", "auto": "auto"}[value]
+    assert load_config(None, [f"encoder.finetune={written}"]).encoder.finetune == value
+
+
+@pytest.mark.parametrize(
+    ("setting", "gpu", "workdir", "expected"),
+    [
+        ("auto", True, "w", True),
+        ("auto", False, "w", False),
+        ("auto", True, None, False),  # nowhere to write the encoder: stay frozen
+        (True, False, "w", True),
+        (False, True, "w", False),
+    ],
+)
+def test_auto_finetunes_only_with_a_gpu_and_a_workdir(monkeypatch, setting, gpu, workdir, expected):
+    import torch
+
+    from shelver.config import EncoderConfig
+    from shelver.training import wants_finetune
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert wants_finetune(EncoderConfig(finetune=setting), workdir) is expected
+    assert wants_finetune(EncoderConfig(name="hashing", finetune="auto"), workdir) is False

@@ -24,9 +24,10 @@ class EncoderConfig:
     max_seq_length: int = 32
     # large batches amortise CPU overhead; memory stays small at this sequence length
     batch_size: int = 128
-    # fine-tune the encoder on the training data first, then discard its head (shelver.finetune);
-    # off by default: on CPU it costs minutes per epoch and had not beaten frozen + lexical yet
-    finetune: bool = False
+    # fine-tune the encoder on the training data first, then discard its head (shelver.finetune):
+    # true, false, or "auto": on where a CUDA GPU makes it minutes, off on CPU, where 900 s of it
+    # bought +0.4 points of grocery L2 accuracy and +1.9 of fashion macro-F1 over frozen + lexical
+    finetune: bool | str = "auto"
     # "classification" (cosine softmax over subcategories) or "contrastive" (triples, MNRL)
     objective: str = "classification"
     # one pass over ~30k titles is 5-10 CPU minutes; early stopping usually ends it sooner
@@ -49,6 +50,12 @@ class EncoderConfig:
     patience: int = 3
     # valid rows used for the loss: enough for a stable estimate, cheap on CPU
     max_eval_rows: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.finetune not in (True, False, "auto"):
+            raise ConfigError(
+                f"encoder.finetune is true, false or \"auto\" (on with a CUDA GPU), got {self.finetune!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -178,7 +185,7 @@ def _coerce(value: Any, spec: dataclasses.Field, key: str) -> Any:
         return None
     if (
         expected.startswith(("int", "float", "str", "bool"))
-        and type(value).__name__ != expected.split(" ")[0]
+        and type(value).__name__ not in {part.strip() for part in expected.split("|")}
     ):
         raise ConfigError(f"config key {key!r} expects {expected}, got {value!r}")
     return value

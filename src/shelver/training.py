@@ -8,13 +8,16 @@ new embeddings, joined with lexical features when ``lexical.enabled``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from shelver.classifier import HierarchicalClassifier
-from shelver.config import TrainConfig
+from shelver.config import EncoderConfig, TrainConfig
 from shelver.data import LabeledData
 from shelver.errors import ConfigError
 from shelver.taxonomy import Taxonomy
+
+log = logging.getLogger(__name__)
 
 
 def build_model(config: TrainConfig, taxonomy: Taxonomy, progress: bool = True) -> HierarchicalClassifier:
@@ -61,11 +64,24 @@ def train_model(
             "a target precision needs validation data to choose thresholds on "
             "(never the training data): pass --valid FILE"
         )
-    if config.encoder.finetune:
+    if wants_finetune(config.encoder, workdir):
         config = _with_finetuned_encoder(config, taxonomy, data, valid, workdir, progress)
     # synthetic rows train but stay out of train_counts_: the report's bands count real rows
     model = build_model(config, taxonomy, progress).fit(data.texts, data.y, source=data.source)
     return model.calibrate(valid.texts, valid.y) if valid is not None else model
+
+
+def wants_finetune(encoder: EncoderConfig, workdir: str | Path | None) -> bool:
+    """``encoder.finetune``, with "auto" meaning: a CUDA GPU is there and a work directory to fill."""
+    if encoder.finetune != "auto":
+        return bool(encoder.finetune)
+    if workdir is None or encoder.name.startswith(("hashing", "onnx:")):
+        return False
+    import torch
+
+    found = torch.cuda.is_available()
+    log.info("encoder.finetune=auto: %s", "a CUDA GPU is present, fine-tuning" if found else "no GPU, frozen")
+    return found
 
 
 def _with_finetuned_encoder(
