@@ -1,8 +1,9 @@
-"""Tune the lexical model's C, class weights and lexical weight on *valid* (never test).
+"""Tune the lexical model's C, class weights and lexical weight, and pick the encoder, on *valid*.
 
-Fits on train with cached frozen MiniLM embeddings, scores valid, and writes the grid to
-benchmarks/results/representation_valid.json; representation.py reads the best setting per
-data set (by valid L2 macro-F1) for its "valid-tuned" rows.
+Fits on train with cached embeddings (frozen MiniLM, and the fine-tuned encoders that
+``representation.py finetune`` left in the cache), scores valid, and writes the grid to
+benchmarks/results/representation_valid.{json,md}; representation.py reads the best setting per
+data set and encoder (by valid L2 macro-F1) for its "valid-tuned" rows. Test is never scored here.
 
     nice python benchmarks/representation_valid.py fashion grocery
 """
@@ -29,14 +30,21 @@ GRID = [
     {"head": "flat", "C": 10.0, "class_weight": "balanced", "weight": 2.0},
     {"head": "flat", "C": 10.0, "class_weight": None, "weight": 1.0},  # the defaults, for reference
 ]
+# the fine-tuned encoders (900 s each): the defaults and the class weights that helped frozen most
+FINETUNED = [
+    {"encoder": f"ft-{objective}", "head": "flat", "C": 10.0, "class_weight": weights, "weight": 1.0}
+    for objective in ("contrastive", "classification")
+    for weights in (None, "balanced")
+]
 PATH = RESULTS / "representation_valid.json"
 
 
 def score(dataset: str, setting: dict) -> dict:
     taxonomy, products, splits = load(dataset)
-    path = encoders_of(dataset)["frozen"]
+    tag = encoder_of(setting)
+    path = encoders_of(dataset)[tag]
     encoder = prefilled_encoder(
-        path, products["text"], cached_embeddings(dataset, "frozen", path, products["text"])
+        path, products["text"], cached_embeddings(dataset, tag, path, products["text"])
     )
     model = HierarchicalClassifier(
         taxonomy=taxonomy,
@@ -61,18 +69,36 @@ def main(datasets: list[str]) -> None:
     results["command"] = "nice python benchmarks/representation_valid.py " + " ".join(datasets)
     for dataset in datasets:
         rows = results.setdefault(dataset, [])
-        for setting in GRID:
+        found = encoders_of(dataset)
+        for setting in [*(s for s in FINETUNED if s["encoder"] in found), *GRID]:
             if any(r["setting"] == setting for r in rows):
                 continue
             rows.append(score(dataset, setting))
             print(dataset, json.dumps(rows[-1]["setting"]), rows[-1]["valid"]["level2"], flush=True)
             PATH.write_text(json.dumps(results, indent=2) + "\n")
+            PATH.with_suffix(".md").write_text(markdown(results))
 
 
-def best_setting(dataset: str) -> dict | None:
-    if not PATH.is_file() or dataset not in (results := json.loads(PATH.read_text())):
-        return None
-    return max(results[dataset], key=lambda r: r["valid"]["level2"]["macro_f1"])["setting"]
+def encoder_of(setting: dict) -> str:
+    return setting.get("encoder", "frozen")
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Representation: valid split (choices are made here, never on test)", ""]
+    lines += [f"`{results['command']}`", ""]
+    head = "| encoder | C | class_weight | lexical weight | L1 acc | L2 acc | L2 macro-F1 | tail macro-F1 |"
+    for dataset, rows in results.items():
+        if dataset == "command":
+            continue
+        lines += [f"## {dataset} (valid)", "", head, "|---" * 8 + "|"]
+        for row in rows:
+            s, v = row["setting"], row["valid"]
+            level2 = (v["level2"][k] for k in ("accuracy", "macro_f1", "tail_macro_f1"))
+            metrics = (v["level1"]["accuracy"], *level2)
+            cells = [encoder_of(s), f"{s['C']:g}", str(s["class_weight"]), f"{s['weight']:g}"]
+            lines.append("| " + " | ".join(cells + [f"{m:.3f}" for m in metrics]) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
