@@ -433,7 +433,11 @@ COMMAND = (
     "ft-contrastive / per_group,ft-contrastive + lexical / per_group' OMP_NUM_THREADS=1 "
     "python benchmarks/representation.py evaluate grocery (and, at the same time, fashion); "
     "python benchmarks/representation.py report. Frozen rows and peers are from earlier runs "
-    "(nice python benchmarks/representation_valid.py fashion; the same evaluate stage)"
+    "(nice python benchmarks/representation_valid.py fashion; the same evaluate stage). Session 5: "
+    "SHELVER_BENCH_FINETUNE_S=900 SHELVER_BENCH_ONLY=SetFit python benchmarks/representation.py evaluate "
+    "grocery fashion; nice -n 19 python benchmarks/representation_valid.py fashion grocery; "
+    "SHELVER_BENCH_ONLY='(valid-tuned' nice -n 19 python benchmarks/representation.py evaluate fashion; "
+    "SHELVER_BENCH_FINETUNE_S=900 python benchmarks/representation.py report"
 )
 NOTE = (
     "Train on train, early-stop on valid, report on test. train_s = fine-tuning (wall-clock budgeted) "
