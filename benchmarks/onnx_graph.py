@@ -16,7 +16,6 @@ Prints a table and writes ``benchmarks/results/onnx_graph.{json,md}``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -29,25 +28,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _results import write_results
 from serving import machine_probe
 
-RESULTS = Path(__file__).resolve().parent / "results"
 QUERIES = ["red dress", "men running shoes", "blue denim jacket women", "kurta", "black leather belt"]
 CALLS = 300  # batch-1 calls per variant and thread count (the first 50 are warm-up)
 
 
-def build(directory: Path) -> dict[str, Path]:
-    """The four graphs, from one export of MiniLM (max_seq_length 32, as shelver trains it)."""
+def build(encoder, directory: Path) -> dict[str, Path]:
+    """The four graphs, from one export of ``encoder`` (a ``SentenceEncoder``)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
     from shelver import export
-    from shelver.encoders.sentence import SentenceEncoder
 
-    export._export_graph(SentenceEncoder("minilm", max_seq_length=32), directory)
+    export._export_graph(encoder, directory)
     graphs = {"fp32": directory / export.FP32_FILE, "fp32 fused": directory / "fused.onnx"}
-    config = SentenceEncoder("minilm").model[0].auto_model.config
+    config = encoder.model[0].auto_model.config
     fused = optimize_model(
         str(graphs["fp32"]), "bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size
     )
@@ -85,18 +83,19 @@ def feeds(tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
     }
 
 
-def weight_bytes(path: Path) -> int:
+def graph_size(path: Path) -> tuple[int, int]:
+    """(nodes, bytes of the weights every query reads: all but the embedding tables, of which a
+    query reads a few rows)."""
     import onnx
     from onnx import numpy_helper
 
-    """Bytes of the weights every query reads: all but the embedding tables (a few rows per query)."""
     model = onnx.load(str(path))
-    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if "embeddings" not in t.name)
+    weights = (numpy_helper.to_array(t).nbytes for t in model.graph.initializer if "embeddings" not in t.name)
+    return len(model.graph.node), sum(weights)
 
 
 def measure(graphs: dict[str, Path], tokenizer, reference: np.ndarray) -> list[dict]:
-    import onnx
-
+    sizes = {name: graph_size(path) for name, path in graphs.items()}
     singles = [feeds(tokenizer, [q]) for q in QUERIES]
     batch = feeds(tokenizer, (QUERIES * 13)[:64])
     rows = []
@@ -115,12 +114,12 @@ def measure(graphs: dict[str, Path], tokenizer, reference: np.ndarray) -> list[d
                 out = s.run(None, batch)[0]
                 batch_s.append(time.perf_counter() - start)
             ms = np.array(times[name][50:]) * 1e3
-            size = weight_bytes(graphs[name])
+            nodes, size = sizes[name]
             rows.append(
                 {
                     "graph": name,
                     "threads": threads,
-                    "nodes": len(onnx.load(str(graphs[name])).graph.node),
+                    "nodes": nodes,
                     "layer_weights_mb": round(size / 1e6, 1),
                     "batch1_p50_ms": round(float(np.median(ms)), 3),
                     "batch1_p99_ms": round(float(np.percentile(ms, 99)), 3),
@@ -146,11 +145,12 @@ def main() -> None:
 
     from shelver.encoders.sentence import SentenceEncoder
 
+    encoder = SentenceEncoder("minilm", max_seq_length=32)  # as shelver trains it
     with tempfile.TemporaryDirectory() as tmp:
-        graphs = build(Path(tmp))
+        graphs = build(encoder, Path(tmp))
         tokenizer = Tokenizer.from_file(str(Path(tmp) / "tokenizer.json"))
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        reference = SentenceEncoder("minilm", max_seq_length=32).encode((QUERIES * 13)[:64])
+        reference = encoder.encode((QUERIES * 13)[:64])
         before = machine_probe()
         rows = measure(graphs, tokenizer, reference)
     result = {
@@ -165,9 +165,7 @@ def main() -> None:
         "machine": {"at_start": before, "at_end": machine_probe()},
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "onnx_graph.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "onnx_graph.md").write_text(markdown(result))
+    write_results("onnx_graph", result, markdown(result))
     print(markdown(result))
 
 

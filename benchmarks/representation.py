@@ -26,11 +26,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _cache import CACHE, DATA, cached_embeddings, read_products
+from _results import RESULTS, write_results
 
 from shelver.metrics import classification_metrics
 from shelver.taxonomy import Taxonomy
 
-RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "representation"
 # fine-tuning budget per encoder: the cores are shared, so a wall-clock cap, not epochs
 FINETUNE_BUDGET_S = float(os.environ.get("SHELVER_BENCH_FINETUNE_S", "600"))
@@ -164,9 +164,14 @@ def tuned_setting(dataset: str, tag: str = "frozen") -> dict | None:
     representation_valid.py; the frozen encoder's where the grid did not cover ``tag``."""
     path = RESULTS / "representation_valid.json"
     rows = json.loads(path.read_text()).get(dataset, []) if path.is_file() else []
-    mine = [r for r in rows if r["setting"].get("encoder", "frozen") == tag]
-    mine = mine or [r for r in rows if "encoder" not in r["setting"]]
+    mine = [r for r in rows if encoder_of(r["setting"]) == tag]
+    mine = mine or [r for r in rows if encoder_of(r["setting"]) == "frozen"]
     return max(mine, key=lambda r: r["valid"]["level2"]["macro_f1"])["setting"] if mine else None
+
+
+def encoder_of(setting: dict) -> str:
+    """The encoder tag of a valid-grid setting (the first grid, without the key, was frozen)."""
+    return setting.get("encoder", "frozen")
 
 
 def describe_setting(setting: dict) -> str:
@@ -314,10 +319,10 @@ def _setfit(dataset: str, splits):
         began = 0.0  # SetFit builds its pairs before the first step: that time is not budgeted
 
         def on_train_begin(self, args, state, control, **kwargs):
-            Budget.began = time.perf_counter()
+            self.began = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if time.perf_counter() - Budget.began > FINETUNE_BUDGET_S:
+            if time.perf_counter() - self.began > FINETUNE_BUDGET_S:
                 control.should_training_stop = True
 
     leaves = _leaf(splits["train"].y)
@@ -403,9 +408,7 @@ def write(results: dict[str, Any]) -> None:
     for dataset, rows in read_results()["datasets"].items():  # keep rows other runs wrote meanwhile
         for name, row in rows.items():
             results["datasets"].setdefault(dataset, {}).setdefault(name, row)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"{NAME}.md").write_text(markdown(results))
+    write_results(NAME, results, markdown(results))
 
 
 COLUMNS = ("l1_accuracy", "l2_accuracy", "l2_macro_f1", "tail_macro_f1", "train_s", "p50_latency_ms")

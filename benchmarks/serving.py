@@ -33,11 +33,12 @@ import pandas as pd
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from _results import RESULTS, write_results
+
 from shelver.batch import DEFAULT_SHARD_ROWS
 from shelver.model_dir import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
@@ -541,9 +542,7 @@ def main() -> None:
         print(json.dumps(results[name]), file=sys.stderr, flush=True)
     results["load_average_at_end"] = list(os.getloadavg())
     results["machine_probe_at_end"] = machine_probe()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "serving.md").write_text(markdown(results))
+    write_results("serving", results, markdown(results))
     print(markdown(results))
 
 
