@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cache import cached_embeddings
-from representation import RESULTS, encoders_of, load, prefilled_encoder, train_counts
+from representation import RESULTS, encoder_of, encoders_of, load, prefilled_encoder, train_counts
 
 from shelver import HierarchicalClassifier
 from shelver.metrics import classification_metrics
@@ -77,10 +77,6 @@ def main(datasets: list[str]) -> None:
             print(dataset, json.dumps(rows[-1]["setting"]), rows[-1]["valid"]["level2"], flush=True)
             PATH.write_text(json.dumps(results, indent=2) + "\n")
             PATH.with_suffix(".md").write_text(markdown(results))
-
-
-def encoder_of(setting: dict) -> str:
-    return setting.get("encoder", "frozen")
 
 
 def markdown(results: dict) -> str:
