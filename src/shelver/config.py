@@ -54,7 +54,7 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.finetune not in (True, False, "auto"):
             raise ConfigError(
-                f"encoder.finetune is true, false or \"auto\" (on with a CUDA GPU), got {self.finetune!r}"
+                f'encoder.finetune is true, false or "auto" (on with a CUDA GPU), got {self.finetune!r}'
             )
 
 
@@ -183,10 +183,8 @@ def _coerce(value: Any, spec: dataclasses.Field, key: str) -> Any:
         return float(value)
     if value == "none" and "None" in expected:
         return None
-    if (
-        expected.startswith(("int", "float", "str", "bool"))
-        and type(value).__name__ not in {part.strip() for part in expected.split("|")}
-    ):
+    allowed = {part.strip() for part in expected.split("|")}  # "bool | str": either
+    if expected.startswith(("int", "float", "str", "bool")) and type(value).__name__ not in allowed:
         raise ConfigError(f"config key {key!r} expects {expected}, got {value!r}")
     return value
 
