@@ -13,8 +13,9 @@ Each seed re-draws the synthetic rows; the train-only model does not depend on i
 [min, max] of the tail column; the JSON keeps every seed.
 A second test set is a query-ized copy of ``test`` (titles shortened the way the ``titles`` generator
 does it, with its own fixed seed): the same procedure as one generator, so read that column with care.
-``--llm MODEL`` adds a ``+llm`` condition (``shelver.synthesis.LLMGenerator`` on the ``llamacpp``
-backend, one thread); its replies are cached in ``benchmarks/.cache`` so a rerun does not regenerate.
+``--llm MODEL`` adds ``+llm`` and ``+all with llm`` (``shelver.synthesis.LLMGenerator`` on the
+``llamacpp`` backend, one thread); ``--conditions`` runs only the named ones. The LLM's replies
+are cached in ``benchmarks/.cache`` so a rerun does not regenerate.
 ``minilm`` reads cached embeddings from ``benchmarks/.cache`` (``embedding_cache.py``). Writes
 ``benchmarks/results/<out>.json`` and ``<out>.md`` after each dataset.
 """
@@ -27,6 +28,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import statistics
 import sys
 import time
@@ -56,7 +58,7 @@ CONDITIONS = {
     # the consistency filter: keep rows the train-only model ranks on their leaf in its top 3
     "+all judged": ("attributes", "titles"),
 }
-LLM_CONDITION = {"+llm": ("llm",)}
+LLM_CONDITIONS = {"+llm": ("llm",), "+all with llm": ("attributes", "titles", "llm")}
 JUDGE_TOP_K = 3
 # abstention.py's options, so both share one embedding cache; titles and queries fit in 32 tokens
 MINILM_OPTIONS = {"max_seq_length": 32, "batch_size": 128}
@@ -209,7 +211,8 @@ def _get(run: dict, key: str) -> float:
 
 def conditions_for(name: str, args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
     with_llm = args.llm and name in (args.llm_datasets or args.datasets)
-    return {**CONDITIONS, **(LLM_CONDITION if with_llm else {})}
+    every = {**CONDITIONS, **(LLM_CONDITIONS if with_llm else {})}
+    return {c: names for c, names in every.items() if not args.conditions or c in args.conditions}
 
 
 def run_dataset(name: str, args: argparse.Namespace) -> dict:
@@ -301,12 +304,14 @@ def parse_args() -> argparse.Namespace:
     # and past ~10 lines a small model starts repeating itself
     parser.add_argument("--llm-per-class", type=int, default=10, help="queries asked of the LLM per leaf")
     parser.add_argument("--out", default="synthesis")
+    choices = [*CONDITIONS, *LLM_CONDITIONS]
+    parser.add_argument("--conditions", nargs="+", choices=choices, help="only these (train always runs)")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    command = "python benchmarks/synthesis.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/synthesis.py " + shlex.join(sys.argv[1:])
     results: dict = {"command": command, "encoder": args.encoder, "per_class": args.per_class}
     results |= {
         "seeds": args.seeds,
