@@ -9,7 +9,7 @@ MODEL_DIR/
   calibration.json   temperatures and decision thresholds (fitted on the validation split)
   lexical.json       the TF-IDF vocabularies and options, when the model uses lexical features
   lexical.safetensors  their idf weights
-  encoder/           a copy of a local (fine-tuned) encoder, when the encoder is not built in
+  encoder/           a copy of a local encoder (fine-tuned, or a static table), when not built in
   onnx/              the encoder exported by 'shelver export' (listed under "exports" and hashed)
 ```
 Loading re-hashes every file and refuses a model whose files changed, or whose taxonomy is
@@ -40,7 +40,9 @@ LEXICAL_FILES = ("lexical.json", "lexical.safetensors")
 ONNX_DIR = "onnx"
 # which encoder a loaded model runs: as trained, the ONNX export, or whichever is torch-free
 ENCODER_CHOICES = ("saved", "onnx", "serving")
-TORCH_FREE_PREFIXES = ("hashing", "onnx:")
+TORCH_FREE_PREFIXES = ("hashing", "onnx:", "static:")
+# where a local encoder directory is copied inside the model
+ENCODER_DIR = "encoder"
 
 
 def save_model(model: HierarchicalClassifier, path: str | Path) -> Path:
@@ -102,16 +104,24 @@ def _params(model: HierarchicalClassifier) -> dict[str, Any]:
 
 
 def _encoder_entry(model: HierarchicalClassifier, out: Path) -> dict[str, Any]:
-    """Built-in encoders are stored by name; a local directory is copied into the model."""
+    """Built-in encoders are stored by name; a local directory (a fine-tuned model, a static
+    table) is copied into the model as ``encoder/``, its spec kept relative (``static:encoder``)."""
     spec = model.encoder_.spec
     entry = {"spec": spec, "fingerprint": model.encoder_.fingerprint()}
-    source = Path(spec)
-    if source.is_dir() and source.resolve() != (out / "encoder").resolve():
-        shutil.rmtree(out / "encoder", ignore_errors=True)
-        shutil.copytree(source, out / "encoder")
-    if source.is_dir():
-        entry["spec"] = "encoder"
+    prefix, source = _local_encoder_dir(spec)
+    if source is not None and source.resolve() != (out / ENCODER_DIR).resolve():
+        shutil.rmtree(out / ENCODER_DIR, ignore_errors=True)
+        shutil.copytree(source, out / ENCODER_DIR)
+    if source is not None:
+        entry["spec"] = prefix + ENCODER_DIR
     return entry
+
+
+def _local_encoder_dir(spec: str) -> tuple[str, Path | None]:
+    """``("static:", DIR)`` for a static table, ``("", DIR)`` for a model directory, else no directory."""
+    prefix = "static:" if spec.startswith("static:") else ""
+    source = Path(spec.removeprefix(prefix))
+    return prefix, source if source.is_dir() else None
 
 
 def _save_lexical(model: HierarchicalClassifier, out: Path) -> tuple[str, ...]:
@@ -209,7 +219,7 @@ def _runtime_encoder(
 
     if choice not in ENCODER_CHOICES:
         raise ModelDirError(f"unknown encoder choice {choice!r}; use one of {', '.join(ENCODER_CHOICES)}")
-    spec = config["encoder"]["spec"]
+    spec = _encoder_spec(root, config["encoder"])
     export = manifest.get("exports", {}).get("onnx")
     if export is None and choice == "serving" and spec.startswith(TORCH_FREE_PREFIXES):
         return make_encoder(spec)
@@ -306,7 +316,8 @@ def check_same_taxonomy(trained_on: Taxonomy, expected: Taxonomy) -> None:
 
 def _encoder_spec(root: Path, entry: dict[str, Any]) -> str:
     spec = entry["spec"]
-    return str(root / "encoder") if spec == "encoder" else spec
+    prefix = "static:" if spec.startswith("static:") else ""
+    return f"{prefix}{root / ENCODER_DIR}" if spec.removeprefix(prefix) == ENCODER_DIR else spec
 
 
 def _restore(model: HierarchicalClassifier, manifest: dict[str, Any], head: Any, root: Path) -> None:

@@ -204,3 +204,27 @@ def finetune(
     if e2e_out is not None:
         end_to_end_model(result, taxonomy, data, config.encoder).save(e2e_out)
         click.echo(f"saved end-to-end model to {e2e_out}", err=True)
+
+
+@main.command()
+@click.option(
+    "--encoder",
+    "source",
+    default="minilm",
+    show_default=True,
+    help="The sentence-transformers model to distill: 'minilm' or a local directory (e.g. a fine-tuned one).",
+)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Directory for the static encoder."
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def distill(source: str, out: Path, quiet: bool) -> None:
+    """Distill static token embeddings from an encoder: the fastest CPU encoder ('static:OUT')."""
+    from shelver.encoders.static import distill as distill_static
+
+    encoder = distill_static(source, out, progress=not quiet)
+    click.echo(
+        f"saved a {encoder.dim}-d static encoder of {len(encoder.vectors):,} tokens to {out}; "
+        f"train with --set encoder.name=static:{out}",
+        err=True,
+    )

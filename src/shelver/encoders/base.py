@@ -46,7 +46,7 @@ def resolve_model_path(name: str) -> str:
         return str(Path(name).resolve())
     raise ConfigError(
         f"unknown encoder {name!r}: use one of {', '.join(BUILTIN_NAMES)}, 'hashing:DIM', "
-        "'onnx:DIR' (an export), "
+        "'onnx:DIR' (an export), 'static:DIR' (from 'shelver distill'), "
         "or the path of a sentence-transformers model directory (models are never downloaded)"
     )
 
@@ -59,6 +59,10 @@ def make_encoder(spec: str | Encoder, **options: object) -> Encoder:
         from shelver.encoders.hashing import HashingEncoder
 
         return HashingEncoder.from_spec(spec)
+    if spec.startswith("static:"):  # a distilled table: nothing to shape
+        from shelver.encoders.static import StaticEncoder
+
+        return StaticEncoder.from_spec(spec)
     if spec.startswith("onnx:"):  # the export fixed the sequence length; threads and batch size remain
         from shelver.encoders.onnx import OnnxEncoder
 
@@ -96,3 +100,12 @@ class CachedEncoder:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+def encodable(text: str) -> str:
+    """Lone UTF-16 surrogates (possible in JSON strings) cannot reach the Rust tokenizers."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text

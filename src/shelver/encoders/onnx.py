@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from shelver.encoders.base import encodable
 from shelver.errors import ConfigError, ModelDirError
 
 CONFIG_FILE = "encoder.json"
@@ -70,8 +71,8 @@ class OnnxEncoder:
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         if len(texts) == 1:  # the request path: no sorting, no batching, no padding
-            return self._run_one(_encodable(texts[0]))
-        texts = [_encodable(t) for t in texts]
+            return self._run_one(encodable(texts[0]))
+        texts = [encodable(t) for t in texts]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         # sorting by length keeps padding (wasted compute) small inside each batch
@@ -140,15 +141,6 @@ def _load_session(path: Path, threads: int | None) -> Any:
     # idle worker threads spin by default, burning CPU that the web server or other jobs need
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _encodable(text: str) -> str:
-    """Lone UTF-16 surrogates (possible in JSON strings) cannot reach the Rust tokenizer."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text
 
 
 def _progress(starts: range, progress: bool, total: int, step: int):
