@@ -9,7 +9,8 @@ Usage (from the repo root), on a model trained and exported as the README shows:
     shelver export --model runs/fashion/model --data examples/fashion/valid.csv
     .venv/bin/python benchmarks/serving.py --model runs/fashion/model --data examples/fashion/test.csv
 
-Writes ``benchmarks/results/serving.json`` and ``serving.md``. Medians are quoted; every ratio
+Writes ``benchmarks/results/serving.json`` and ``serving.md`` (``--out NAME``: ``NAME.json``, ``.md``).
+Medians are quoted; every ratio
 compares figures measured in this same run.
 """
 
@@ -41,6 +42,8 @@ from shelver.model_dir import load_model
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+# the serving encoder's spec prefix, as the table names it
+SERVING_ENCODERS = {"onnx": "ONNX int8", "static": "static table", "hashing": "hashing"}
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -338,8 +341,9 @@ def _batch_engines(model_dir: Path, source: Path) -> dict:
 def markdown(r: dict) -> str:
     lat, thr, acc, up, web = r["in_process"], r["throughput"], r["accuracy"], r["startup"], r["http"]
     enc, full, qps = lat["encoder_only"], lat["classify"], thr["q_per_s"]
+    kind = SERVING_ENCODERS.get(r.get("serving_encoder", "onnx"), r.get("serving_encoder"))
     rows = [
-        ("encoder-only (ONNX int8) p50 / p99, batch 1", f"{enc['p50_ms']:.3f} / {enc['p99_ms']:.3f} ms", ""),
+        (f"encoder-only ({kind}) p50 / p99, batch 1", f"{enc['p50_ms']:.3f} / {enc['p99_ms']:.3f} ms", ""),
         (
             "full classify p50 / p99, batch 1",
             f"{full['p50_ms']:.3f} / {full['p99_ms']:.3f} ms",
@@ -368,8 +372,8 @@ def markdown(r: dict) -> str:
             f"{up['server_cpu_s_median']:.2f} / {up['of_which_import_sklearn_cpu_s']:.2f} s",
             "",
         ),
-        (f"ONNX vs PyTorch agreement, fashion test (n={acc['n']:,})", f"{acc['agreement']:.2%}", "≥ 99.5%"),
-        ("leaf accuracy PyTorch / ONNX", f"{acc['accuracy_pytorch']:.2%} / {acc['accuracy_onnx']:.2%}", ""),
+        (f"serving vs saved encoder agreement (n={acc['n']:,})", f"{acc['agreement']:.2%}", "≥ 99.5%"),
+        ("leaf accuracy saved / serving", f"{acc['accuracy_pytorch']:.2%} / {acc['accuracy_onnx']:.2%}", ""),
     ]
     rows += _query_rows(r)
     rows += _extra_http_rows(r)
@@ -503,8 +507,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="throughput rounds of each kind")
     parser.add_argument("--note", default="")
     parser.add_argument(
-        "--steps", help="comma-separated steps to (re)run, keeping the others from serving.json"
+        "--steps", help="comma-separated steps to (re)run, keeping the others from <out>.json"
     )
+    parser.add_argument("--out", default="serving", help="results name: benchmarks/results/<out>.json / .md")
     args = parser.parse_args()
     frame = pd.read_csv(args.data, dtype=str, keep_default_na=False)
     texts = frame["text"].tolist()
@@ -516,6 +521,7 @@ def main() -> None:
             f"Python {platform.python_version()}"
         ),
         "note": args.note,
+        "serving_encoder": load_model(args.model, encoder="serving").encoder_.spec.split(":")[0],
         "load_average_at_start": list(os.getloadavg()),
         "machine_probe_at_start": machine_probe(),
     }
@@ -531,7 +537,7 @@ def main() -> None:
     if args.batch_rows:
         steps.append(("batch", lambda: classify_batch_runs(args.model, batch_inputs(args))))
     if args.steps:
-        keep = json.loads((RESULTS / "serving.json").read_text())
+        keep = json.loads((RESULTS / f"{args.out}.json").read_text())
         wanted = args.steps.split(",")
         results = {**keep, **{k: v for k, v in results.items() if k != "command"}}
         results["command_" + "_".join(wanted)] = " ".join(["python", *sys.argv])
@@ -542,7 +548,7 @@ def main() -> None:
         print(json.dumps(results[name]), file=sys.stderr, flush=True)
     results["load_average_at_end"] = list(os.getloadavg())
     results["machine_probe_at_end"] = machine_probe()
-    write_results("serving", results, markdown(results))
+    write_results(args.out, results, markdown(results))
     print(markdown(results))
 
 
