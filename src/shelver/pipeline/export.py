@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from shelver.model_dir import TORCH_FREE_PREFIXES
 from shelver.pipeline.runner import RunContext
 
 
@@ -17,8 +18,10 @@ def _export_inputs(ctx: RunContext) -> dict[str, Any]:
 def _export_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     target = directory / "model"
     shutil.copytree(ctx.stage_dir("train") / "model", target)
-    if ctx.config.train.encoder.name.startswith("hashing"):
-        return {"onnx": "not needed: the hashing encoder already runs without torch", "model": str(target)}
+    encoder = ctx.config.train.encoder.name
+    if encoder.startswith(TORCH_FREE_PREFIXES):
+        note = f"not needed: the encoder {encoder!r} already runs without torch"
+        return {"onnx": note, "model": str(target)}
     if not ctx.config.export.onnx:
         return {"onnx": "off (export.onnx=false)", "model": str(target)}
     from shelver.data import read_queries
