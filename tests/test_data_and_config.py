@@ -111,4 +111,5 @@ def test_auto_finetunes_only_with_a_gpu_and_a_workdir(monkeypatch, setting, gpu,
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     assert wants_finetune(EncoderConfig(finetune=setting), workdir) is expected
-    assert wants_finetune(EncoderConfig(name="hashing", finetune="auto"), workdir) is False
+    for torch_free in ("hashing", "static:tables/minilm", "onnx:model/onnx"):  # nothing to fine-tune
+        assert wants_finetune(EncoderConfig(name=torch_free, finetune="auto"), workdir) is False

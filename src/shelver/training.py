@@ -75,7 +75,7 @@ def wants_finetune(encoder: EncoderConfig, workdir: str | Path | None) -> bool:
     """``encoder.finetune``, with "auto" meaning: a CUDA GPU is there and a work directory to fill."""
     if encoder.finetune != "auto":
         return bool(encoder.finetune)
-    if workdir is None or encoder.name.startswith(("hashing", "onnx:")):
+    if workdir is None or encoder.name.startswith(("hashing", "onnx:", "static:")):
         return False
     import torch
 
