@@ -3,8 +3,10 @@
 ``shelver distill --encoder minilm --out DIR`` runs every token of the model's vocabulary through
 the model on its own (``[CLS] token [SEP]``, pooled as the model pools) once, and keeps the table.
 A text's embedding is then the mean of its tokens' rows, L2-normalised: a table look-up and a
-mean, with no transformer at query time (the recipe of model2vec, without its PCA and weighting,
-which cost accuracy on product titles here). The directory:
+mean, with no transformer at query time (the recipe of model2vec, without its PCA and Zipf
+weighting: in a valid-split probe with one logistic regression, PCA to 256 dimensions moved L2
+accuracy by -0.6 (grocery) and +0.3 points (fashion), PCA with Zipf weights by -0.3 and +0.2).
+The directory:
 
 ```
 static.json        dimension, vocabulary size, the source model's spec and fingerprint
