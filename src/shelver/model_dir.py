@@ -119,9 +119,15 @@ def _encoder_entry(model: HierarchicalClassifier, out: Path) -> dict[str, Any]:
 
 def _local_encoder_dir(spec: str) -> tuple[str, Path | None]:
     """``("static:", DIR)`` for a static table, ``("", DIR)`` for a model directory, else no directory."""
-    prefix = "static:" if spec.startswith("static:") else ""
-    source = Path(spec.removeprefix(prefix))
+    prefix, rest = _split_static(spec)
+    source = Path(rest)
     return prefix, source if source.is_dir() else None
+
+
+def _split_static(spec: str) -> tuple[str, str]:
+    """``("static:", rest)`` for a static table's spec, ``("", spec)`` for any other."""
+    prefix = "static:" if spec.startswith("static:") else ""
+    return prefix, spec.removeprefix(prefix)
 
 
 def _save_lexical(model: HierarchicalClassifier, out: Path) -> tuple[str, ...]:
@@ -315,9 +321,8 @@ def check_same_taxonomy(trained_on: Taxonomy, expected: Taxonomy) -> None:
 
 
 def _encoder_spec(root: Path, entry: dict[str, Any]) -> str:
-    spec = entry["spec"]
-    prefix = "static:" if spec.startswith("static:") else ""
-    return f"{prefix}{root / ENCODER_DIR}" if spec.removeprefix(prefix) == ENCODER_DIR else spec
+    prefix, rest = _split_static(entry["spec"])
+    return f"{prefix}{root / ENCODER_DIR}" if rest == ENCODER_DIR else entry["spec"]
 
 
 def _restore(model: HierarchicalClassifier, manifest: dict[str, Any], head: Any, root: Path) -> None:

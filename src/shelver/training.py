@@ -15,6 +15,7 @@ from shelver.classifier import HierarchicalClassifier
 from shelver.config import EncoderConfig, TrainConfig
 from shelver.data import LabeledData
 from shelver.errors import ConfigError
+from shelver.model_dir import TORCH_FREE_PREFIXES
 from shelver.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def wants_finetune(encoder: EncoderConfig, workdir: str | Path | None) -> bool:
     """``encoder.finetune``, with "auto" meaning: a CUDA GPU is there and a work directory to fill."""
     if encoder.finetune != "auto":
         return bool(encoder.finetune)
-    if workdir is None or encoder.name.startswith(("hashing", "onnx:", "static:")):
+    if workdir is None or encoder.name.startswith(TORCH_FREE_PREFIXES):  # nothing to fine-tune
         return False
     import torch
 
