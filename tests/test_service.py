@@ -254,12 +254,31 @@ def test_settings_from_the_environment(tmp_path):
         get_settings({"SHELVER_MODEL": "m", "SHELVER_MAX_BATCH": "many"})
     with pytest.raises(ConfigError, match="SHELVER_THREADS must be positive"):
         get_settings({"SHELVER_MODEL": "m", "SHELVER_THREADS": "0"})
+    assert get_settings({"SHELVER_MODEL": "m", "SHELVER_INLINE_MS": "0"}).inline_ms == 0
+    with pytest.raises(ConfigError, match="SHELVER_INLINE_MS must be positive"):
+        get_settings({"SHELVER_MODEL": "m", "SHELVER_INLINE_MS": "-1"})
+
+
+@pytest.mark.parametrize(
+    ("inline_ms", "queries", "on_pool"), [(1e6, 3, False), (0, 1, True), (1e-6, 1, True)]
+)
+def test_short_requests_run_inline_and_long_ones_on_the_pool(hashing_model_dir, inline_ms, queries, on_pool):
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(model=hashing_model_dir, inline_ms=inline_ms))
+    with TestClient(app) as http:
+        model, threads = app.state.slot.current.model, []
+        original = model.classify
+        model.classify = lambda texts: (threads.append(threading.current_thread().name), original(texts))[1]
+        response = http.post("/v1/classify", json={"queries": ["boots"] * queries})
+        assert response.status_code == 200 and len(response.json()["predictions"]) == queries
+        assert threads and threads[0].startswith("classify") is on_pool
 
 
 def test_a_slow_classification_times_out_with_503(hashing_model_dir):
     from fastapi.testclient import TestClient
 
-    app = create_app(Settings(model=hashing_model_dir, request_timeout=0.05, max_batch=4))
+    app = create_app(Settings(model=hashing_model_dir, request_timeout=0.05, max_batch=4, inline_ms=0))
     with TestClient(app) as http:
         model = app.state.slot.current.model
         original = model.classify

@@ -25,9 +25,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp
 
 from shelver import __version__
-from shelver.service.guard import GuardMiddleware
+from shelver.service.guard import FastRoute, GuardMiddleware
 from shelver.service.metrics import ServiceMetrics
 from shelver.service.schemas import ReloadRequest, classify_request_model
 from shelver.service.settings import Settings, get_settings
@@ -41,18 +42,30 @@ def create_app(settings: Settings | None = None, served: Served | None = None) -
     settings = settings or get_settings()
     slot, metrics = ModelSlot(settings), ServiceMetrics()
     slot.current = served
-    app = FastAPI(
+    app = _GuardedAPI(
         title="shelver",
         version=__version__,
         summary="Put every search query on the right shelf of a taxonomy, or abstain.",
         lifespan=_lifespan(slot, metrics),
     )
     app.state.settings, app.state.slot, app.state.metrics = settings, slot, metrics
-    app.add_middleware(GuardMiddleware, settings=settings, metrics=metrics)
-    _add_classify(app, slot, metrics, classify_request_model(settings.max_query_chars, settings.max_batch))
+    schema = classify_request_model(settings.max_query_chars, settings.max_batch)
+    answer = _classify_answer(slot, metrics, schema)
+    fast = {("POST", "/v1/classify"): answer}  # answered by the guard, past FastAPI's layers
+    app.guard = {"settings": settings, "metrics": metrics, "fast_routes": fast}
+    _add_classify(app, slot, schema, answer)
     _add_probes(app, slot, metrics)
     _add_admin(app, slot, metrics, settings)
     return app
+
+
+class _GuardedAPI(FastAPI):
+    """FastAPI with the guard outside its own middleware, so the fast route skips every layer."""
+
+    guard: dict[str, Any]
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return GuardMiddleware(super().build_middleware_stack(), **self.guard)
 
 
 def _lifespan(slot: ModelSlot, metrics: ServiceMetrics):
@@ -104,14 +117,10 @@ async def _reload_and_count(slot: ModelSlot, metrics: ServiceMetrics, path: str 
 
 
 # ---- routes -----------------------------------------------------------------------------
-def _add_classify(app: FastAPI, slot: ModelSlot, metrics: ServiceMetrics, schema: type[BaseModel]) -> None:
-    body_doc = {"content": {"application/json": {"schema": schema.model_json_schema()}}, "required": True}
-
-    @app.post("/v1/classify", openapi_extra={"requestBody": body_doc}, response_class=Response)
-    async def classify(request: Request) -> Response:
-        """Classify one query or a batch; each answer is what ``shelver predict`` prints."""
+def _classify_answer(slot: ModelSlot, metrics: ServiceMetrics, schema: type[BaseModel]) -> FastRoute:
+    async def answer(body: bytes) -> Response:
         served = slot.current  # held to the end: a reload never swaps the model mid-request
-        parsed = _parse(schema, await request.body())
+        parsed = _parse(schema, body)
         if isinstance(parsed, Response):
             return parsed
         try:
@@ -125,6 +134,17 @@ def _add_classify(app: FastAPI, slot: ModelSlot, metrics: ServiceMetrics, schema
         metrics.observe_predictions(predictions)
         payload = predictions[0] if parsed.query is not None else {"predictions": predictions}  # type: ignore[attr-defined]
         return _json(payload, headers={"x-shelver-model": served.version})  # type: ignore[union-attr]
+
+    return answer
+
+
+def _add_classify(app: FastAPI, slot: ModelSlot, schema: type[BaseModel], answer: FastRoute) -> None:
+    body_doc = {"content": {"application/json": {"schema": schema.model_json_schema()}}, "required": True}
+
+    @app.post("/v1/classify", openapi_extra={"requestBody": body_doc}, response_class=Response)
+    async def classify(request: Request) -> Response:
+        """Classify one query or a batch; each answer is what ``shelver predict`` prints."""
+        return await answer(await request.body())  # the guard answers first; this documents the route
 
     @app.get("/v1/model")
     async def model_info() -> Response:

@@ -14,6 +14,7 @@ from pathlib import Path
 from shelver.errors import ConfigError
 
 PREFIX = "SHELVER_"
+ZERO_ALLOWED = {"inline_ms"}  # settings where 0 means "never"
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class Settings:
     threads: int = 1
     # classifications running at once in this process (a thread each)
     concurrency: int = 2
+    # a request whose queries should classify within this many ms (one query's time, measured at
+    # load, times their number) runs inline on the event loop: no thread hand-off, but no timeout
+    # either. 0 sends every request to the threads.
+    inline_ms: float = 2.0
     # when set, /admin/* needs 'Authorization: Bearer <token>'
     admin_token: str | None = None
 
@@ -63,6 +68,6 @@ def _parse(name: str, kind: str, raw: str) -> object:
         value = float(raw) if kind == "float" else int(raw)
     except ValueError:
         raise ConfigError(f"{variable} must be a {kind} number, got {raw!r}") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and name not in ZERO_ALLOWED):
         raise ConfigError(f"{variable} must be positive, got {raw!r}")
     return value

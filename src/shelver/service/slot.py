@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class Served:
     path: Path
     version: str
     info: dict[str, Any] = field(default_factory=dict)
+    query_seconds: float = 1.0  # one query's classify time, measured at load
 
 
 class ModelSlot:
@@ -49,6 +51,9 @@ class ModelSlot:
         return load_served(path, self.settings.threads)
 
     async def classify(self, served: Served, texts: list[str]) -> list[dict[str, Any]]:
+        """Short work runs inline on the event loop (no thread hand-off); the rest on the pool."""
+        if len(texts) * served.query_seconds * 1e3 <= self.settings.inline_ms:
+            return _classify(served.model, texts)
         loop = asyncio.get_running_loop()
         work = loop.run_in_executor(self.executor, _classify, served.model, texts)
         return await asyncio.wait_for(work, self.settings.request_timeout)
@@ -79,7 +84,17 @@ def load_served(path: str | Path, threads: int | None = 1) -> Served:
     root = Path(path)
     model = load_model(root, encoder="serving", threads=threads)
     model.classify([SMOKE_QUERY])[0].to_dict()  # a model that cannot answer is not swapped in
-    return Served(model, root, model_version(root), describe(model, root))
+    return Served(model, root, model_version(root), describe(model, root), _query_seconds(model))
+
+
+def _query_seconds(model: Any, runs: int = 5) -> float:
+    """The median time of one query, after the smoke query has warmed the model up."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        _classify(model, [SMOKE_QUERY])
+        times.append(time.perf_counter() - started)
+    return sorted(times)[runs // 2]
 
 
 def _classify(model: Any, texts: list[str]) -> list[dict[str, Any]]:
