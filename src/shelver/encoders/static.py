@@ -48,7 +48,7 @@ class StaticEncoder:
         self.directory = Path(directory)
         self.spec = f"static:{self.directory}"
         self.config = read_static_config(self.directory)
-        self.vectors = np.load(self.directory / EMBEDDINGS_FILE).astype(np.float32)
+        self.vectors = np.load(self.directory / EMBEDDINGS_FILE)  # float16: widened per text, not at load
         self._tokenizer = _load_tokenizer(self.directory / TOKENIZER_FILE)
 
     @classmethod
@@ -65,7 +65,9 @@ class StaticEncoder:
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         if len(texts) == 1:  # the request path
             ids = self._tokenizer.encode(encodable(texts[0]), add_special_tokens=False).ids
-            return _unit(self.vectors[ids].mean(axis=0, keepdims=True) if ids else self._zeros(1))
+            return _unit(
+                self.vectors[ids].mean(axis=0, keepdims=True, dtype=np.float32) if ids else self._zeros(1)
+            )
         out = [self._encode_chunk(texts[s : s + CHUNK]) for s in range(0, len(texts), CHUNK)]
         return np.concatenate(out) if out else self._zeros(0)
 
@@ -77,7 +79,8 @@ class StaticEncoder:
         filled = lengths > 0  # an empty text keeps a zero vector
         if filled.any():
             starts = (np.cumsum(lengths) - lengths)[filled]
-            out[filled] = np.add.reduceat(self.vectors[ids], starts) / lengths[filled, None]
+            rows = self.vectors[ids].astype(np.float32)
+            out[filled] = np.add.reduceat(rows, starts) / lengths[filled, None]
         return _unit(out)
 
     def _zeros(self, n: int) -> np.ndarray:
