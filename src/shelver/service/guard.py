@@ -82,20 +82,20 @@ class GuardMiddleware:
         if declared.isdigit() and int(declared) > limit:
             raise _Rejected(413, _too_large(limit))
         chunks, size, more = [], 0, True
-        deadline = time.monotonic() + self.settings.body_timeout
-        while more:
-            try:
-                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
-            except TimeoutError:
-                waited = self.settings.body_timeout
-                raise _Rejected(408, f"the request body did not arrive within {waited:g} s") from None
-            if message["type"] == "http.disconnect":
-                break
-            size += len(message.get("body", b""))
-            if size > limit:
-                raise _Rejected(413, _too_large(limit))
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout):  # a timer, not a task per read
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        break
+                    size += len(message.get("body", b""))
+                    if size > limit:
+                        raise _Rejected(413, _too_large(limit))
+                    chunks.append(message.get("body", b""))
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            waited = self.settings.body_timeout
+            raise _Rejected(408, f"the request body did not arrive within {waited:g} s") from None
         return b"".join(chunks)
 
 
