@@ -234,7 +234,7 @@ class HierarchicalClassifier(ParamsMixin):
         return self.head_.proba(features)
 
     def calibrate_proba(self, P1: np.ndarray, P2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.calibration_.apply(P1, P2, np.asarray(self.taxonomy_.leaf_category))
+        return self.calibration_.apply(P1, P2, self.taxonomy_.leaf_category_array)
 
     def decode(self, P1: np.ndarray, P2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the predicted category and leaf of each row.
@@ -242,7 +242,7 @@ class HierarchicalClassifier(ParamsMixin):
         Flat decodes leaf first (the category is the leaf's parent); the other heads decode
         top-down, so the leaf is always a child of the category.
         """
-        leaf_category = np.asarray(self.taxonomy_.leaf_category)
+        leaf_category = self.taxonomy_.leaf_category_array
         if self.head_.leaf_first:
             leaves = P2.argmax(axis=1)
             return leaf_category[leaves], leaves

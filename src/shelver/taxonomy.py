@@ -110,6 +110,15 @@ class Taxonomy:
         """For each leaf, the index of its level-1 ancestor."""
         return tuple(self.category_index[p[0]] for p in self.paths)
 
+    @cached_property
+    def leaf_category_array(self) -> Any:
+        """``leaf_category`` as a read-only integer array (made once: the request path uses it)."""
+        import numpy as np
+
+        array = np.asarray(self.leaf_category, dtype=np.intp)
+        array.flags.writeable = False
+        return array
+
     def children(self, prefix: Sequence[str]) -> tuple[str, ...]:
         """Names directly under ``prefix`` (``()`` gives the categories)."""
         n = len(prefix)

@@ -65,9 +65,7 @@ class StaticEncoder:
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         if len(texts) == 1:  # the request path
             ids = self._tokenizer.encode(encodable(texts[0]), add_special_tokens=False).ids
-            return _unit(
-                self.vectors[ids].mean(axis=0, keepdims=True, dtype=np.float32) if ids else self._zeros(1)
-            )
+            return _unit_row(self.vectors[ids].sum(axis=0, dtype=np.float32)) if ids else self._zeros(1)
         out = [self._encode_chunk(texts[s : s + CHUNK]) for s in range(0, len(texts), CHUNK)]
         return np.concatenate(out) if out else self._zeros(0)
 
@@ -159,6 +157,12 @@ def _load_tokenizer(path: Path) -> Any:
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=MAX_TOKENS)
     return tokenizer
+
+
+def _unit_row(vector: np.ndarray) -> np.ndarray:
+    """``(1, dim)``: one text's row sum scaled to unit length (the direction of their mean)."""
+    norm = float(np.sqrt(vector @ vector))
+    return (vector / norm if norm > 0 else vector)[None, :]
 
 
 def _unit(matrix: np.ndarray) -> np.ndarray:
