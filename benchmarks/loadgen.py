@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import time
 from urllib.parse import urlsplit
@@ -76,7 +77,14 @@ async def run(url: str, bodies: list[bytes], rate: float, seconds: float, connec
         "p90_ms": round(float(np.percentile(ok, 90)), 3),
         "p99_ms": round(float(np.percentile(ok, 99)), 3),
         "max_ms": round(float(ok.max()), 3),
+        "p99_ms_by_second": _by_second(latencies * 1e3, statuses == 200, rate),
     }
+
+
+def _by_second(latencies_ms: np.ndarray, ok: np.ndarray, rate: float) -> list[float]:
+    """p99 of the requests scheduled in each second: a stall shows as a few bad seconds."""
+    second = (np.arange(len(latencies_ms)) / rate).astype(int)
+    return [round(float(np.percentile(latencies_ms[(second == s) & ok], 99)), 1) for s in np.unique(second)]
 
 
 def main() -> None:
@@ -95,6 +103,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
+    gc.disable()  # the generator's own collection pauses would be counted as server latency
     print(json.dumps(asyncio.run(run(args.url, bodies, args.rate, args.seconds, args.connections))))
 
 
