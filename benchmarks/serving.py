@@ -163,7 +163,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model_dir: Path) -> tuple[subprocess.Popen, int, float, float]:
+def start_server(model_dir: Path, workers: int = 1) -> tuple[subprocess.Popen, int, float, float]:
     """``shelver serve`` as users start it; returns (process, port, seconds to /readyz OK, CPU s)."""
     port = free_port()
     command = [
@@ -175,6 +175,8 @@ def start_server(model_dir: Path) -> tuple[subprocess.Popen, int, float, float]:
         str(port),
         "--log-level",
         "warning",
+        "--workers",
+        str(workers),
     ]
     t0 = time.perf_counter()
     process = subprocess.Popen(command, env=ENV)
@@ -218,8 +220,8 @@ def _import_cpu(statement: str) -> float:
     )
 
 
-def http_load(model_dir: Path, texts: list[str], rate: float, seconds: float) -> dict:
-    process, port, _, _ = start_server(model_dir)
+def http_load(model_dir: Path, texts: list[str], rate: float, seconds: float, workers: int = 1) -> dict:
+    process, port, _, _ = start_server(model_dir, workers)
     try:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
             json.dump([{"query": t} for t in texts], file)
@@ -241,7 +243,7 @@ def http_load(model_dir: Path, texts: list[str], rate: float, seconds: float) ->
         for line in metrics.splitlines()
         if line.startswith("shelver_http_requests_total") and 'status="5' in line
     )
-    return {"rate": rate, "seconds": seconds, **result}
+    return {"rate": rate, "seconds": seconds, "workers": workers, **result}
 
 
 def cpu_steal() -> float:
@@ -430,11 +432,12 @@ def _noise(web: dict) -> str:
 def _extra_http_rows(r: dict) -> list[tuple[str, str, str]]:
     """HTTP runs at other rates (``http_at_<rate>``, merged in by hand from ``--steps http --rate``)."""
     rows = []
-    for key in sorted(k for k in r if k.startswith("http_at_")):
+    for key in sorted(k for k in r if k.startswith(("http_at_", "http_workers_"))):
         web = r[key]
-        label = f"HTTP p50 / p99 at {web['rate']:.0f} req/s for {web['seconds']:.0f} s (errors / 5xx)"
-        result = f"{web['p50_ms']:.2f} / {web['p99_ms']:.2f} ms ({web['errors']} / {web['server_5xx']:.0f})"
-        rows.append((label, result, "p99 ≤ 10 ms"))
+        label = f"HTTP p50 / p99 at {web['rate']:.0f} req/s for {web['seconds']:.0f} s"
+        label += f", {web.get('workers', 1)} worker(s) (errors / 5xx; seconds with p99 > 10 ms / steal)"
+        result = f"{web['p50_ms']:.2f} / {web['p99_ms']:.2f} ms ({web['errors']} / {web['server_5xx']:.0f}; "
+        rows.append((label, result + _noise(web) + ")", "p99 ≤ 10 ms"))
     return rows
 
 
@@ -514,6 +517,10 @@ def batch_inputs(args: argparse.Namespace) -> dict[str, Path]:
     }
 
 
+def _http_key(workers: int) -> str:
+    return "http" if workers == 1 else f"http_workers_{workers}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
@@ -529,6 +536,7 @@ def main() -> None:
     )
     parser.add_argument("--distinct-rows", type=int, default=100_000, help="rows of titles with modifiers")
     parser.add_argument("--rounds", type=int, default=5, help="throughput rounds of each kind")
+    parser.add_argument("--http-workers", type=int, default=1, help="server workers (>1: http_workers_N)")
     parser.add_argument("--note", default="")
     parser.add_argument(
         "--steps", help="comma-separated steps to (re)run, keeping the others from <out>.json"
@@ -555,7 +563,7 @@ def main() -> None:
         ("in_process_queries", lambda: encoder_vs_classify(args.model, queries, args.queries)),
         ("throughput_queries", lambda: batch_throughput(args.model, queries, 64, rounds=args.rounds)),
         ("startup", lambda: startup(args.model, runs=5)),
-        ("http", lambda: http_load(args.model, texts, args.rate, args.seconds)),
+        ("http", lambda: http_load(args.model, texts, args.rate, args.seconds, args.http_workers)),
         ("accuracy", lambda: accuracy(args.model, frame)),
     ]
     if args.batch_rows:
@@ -563,13 +571,15 @@ def main() -> None:
     if args.steps:
         keep = json.loads((RESULTS / f"{args.out}.json").read_text())
         wanted = args.steps.split(",")
-        results = {**keep, **{k: v for k, v in results.items() if k != "command"}}
+        fresh = {k: v for k, v in results.items() if k != "command" and (k != "note" or v)}
+        results = {**keep, **fresh}  # a re-run without --note keeps the note of the run it extends
         results["command_" + "_".join(wanted)] = " ".join(["python", *sys.argv])
         steps = [(name, step) for name, step in steps if name in wanted]
     for name, step in steps:
         print(f"... {name}", file=sys.stderr, flush=True)
-        results[name] = step()
-        print(json.dumps(results[name]), file=sys.stderr, flush=True)
+        key = _http_key(args.http_workers) if name == "http" else name
+        results[key] = step()
+        print(json.dumps(results[key]), file=sys.stderr, flush=True)
     results["load_average_at_end"] = list(os.getloadavg())
     results["machine_probe_at_end"] = machine_probe()
     write_results(args.out, results, markdown(results))
