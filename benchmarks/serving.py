@@ -163,7 +163,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model_dir: Path, workers: int = 1) -> tuple[subprocess.Popen, int, float, float]:
+Started = tuple[subprocess.Popen, int, float, float]
+
+
+def start_server(model_dir: Path, workers: int = 1, cache: int = 0) -> Started:
     """``shelver serve`` as users start it; returns (process, port, seconds to /readyz OK, CPU s)."""
     port = free_port()
     command = [
@@ -179,7 +182,7 @@ def start_server(model_dir: Path, workers: int = 1) -> tuple[subprocess.Popen, i
         str(workers),
     ]
     t0 = time.perf_counter()
-    process = subprocess.Popen(command, env=ENV)
+    process = subprocess.Popen(command, env={**ENV, "SHELVER_CACHE_SIZE": str(cache)})
     while process.poll() is None:
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
@@ -220,8 +223,11 @@ def _import_cpu(statement: str) -> float:
     )
 
 
-def http_load(model_dir: Path, texts: list[str], rate: float, seconds: float, workers: int = 1) -> dict:
-    process, port, _, _ = start_server(model_dir, workers)
+def http_load(
+    model_dir: Path, texts: list[str], rate: float, seconds: float, workers: int = 1, cache: int = 0
+) -> dict:
+    """Open-loop load from another process; the answer cache is off unless ``cache`` (the texts repeat)."""
+    process, port, _, _ = start_server(model_dir, workers, cache)
     try:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
             json.dump([{"query": t} for t in texts], file)
@@ -243,7 +249,7 @@ def http_load(model_dir: Path, texts: list[str], rate: float, seconds: float, wo
         for line in metrics.splitlines()
         if line.startswith("shelver_http_requests_total") and 'status="5' in line
     )
-    return {"rate": rate, "seconds": seconds, "workers": workers, **result}
+    return {"rate": rate, "seconds": seconds, "workers": workers, "cache": cache, **result}
 
 
 def cpu_steal() -> float:

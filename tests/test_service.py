@@ -259,6 +259,37 @@ def test_settings_from_the_environment(tmp_path):
         get_settings({"SHELVER_MODEL": "m", "SHELVER_INLINE_MS": "-1"})
 
 
+def test_repeated_queries_are_answered_from_the_cache(hashing_model_dir):
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(model=hashing_model_dir, cache_size=2))
+    with TestClient(app) as http:
+        model, seen = app.state.slot.current.model, []
+        original = model.classify
+        model.classify = lambda texts: (seen.append(list(texts)), original(texts))[1]
+        first = http.post("/v1/classify", json={"queries": ["boots", "boots", "red dress"]}).json()
+        again = http.post("/v1/classify", json={"query": "boots"}).json()
+        assert seen == [["boots", "red dress"]]  # each new text once; the repeat came from the cache
+        assert again == first["predictions"][0] == first["predictions"][1]
+        http.post("/v1/classify", json={"queries": ["scarf", "belt"]})  # the cache holds 2: boots goes
+        http.post("/v1/classify", json={"query": "boots"})
+        assert seen[-1] == ["boots"]
+        assert _metric(http.get("/metrics").text, "shelver_cache_hits_total") == "1.0"  # the 2nd request
+
+
+def test_no_cache_classifies_every_query(hashing_model_dir):
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(model=hashing_model_dir, cache_size=0))
+    with TestClient(app) as http:
+        model, seen = app.state.slot.current.model, []
+        original = model.classify
+        model.classify = lambda texts: (seen.append(list(texts)), original(texts))[1]
+        for _ in range(2):
+            assert http.post("/v1/classify", json={"query": "boots"}).status_code == 200
+        assert seen == [["boots"], ["boots"]]
+
+
 @pytest.mark.parametrize(
     ("inline_ms", "queries", "on_pool"), [(1e6, 3, False), (0, 1, True), (1e-6, 1, True)]
 )

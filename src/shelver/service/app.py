@@ -136,14 +136,14 @@ def _classify_answer(slot: ModelSlot, metrics: ServiceMetrics, schema: type[Base
         if isinstance(parsed, Response):
             return parsed
         try:
-            predictions = await slot.classify(served, parsed.texts())  # type: ignore[arg-type]
+            predictions, hits = await slot.classify(served, parsed.texts())  # type: ignore[arg-type]
         except TimeoutError:
             return _error(
                 503,
                 f"classification took longer than {slot.settings.request_timeout:g} s; "
                 "retry, or send fewer queries per request",
             )
-        metrics.observe_predictions(predictions)
+        metrics.observe_predictions(predictions, hits)
         payload = predictions[0] if parsed.query is not None else {"predictions": predictions}  # type: ignore[attr-defined]
         return _json(payload, headers={"x-shelver-model": served.version})  # type: ignore[union-attr]
 

@@ -2,7 +2,8 @@
 
 Each app has its own registry (tests build many apps in one process). With several uvicorn
 workers, ``PROMETHEUS_MULTIPROC_DIR`` is set by ``shelver serve`` and ``/metrics`` sums them.
-The abstention rate is ``shelver_decisions_total{decision="abstain"} / shelver_queries_total``.
+The abstention rate is ``shelver_decisions_total{decision="abstain"} / shelver_queries_total``, the
+cache's hit rate ``shelver_cache_hits_total / shelver_queries_total``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class ServiceMetrics:
             registry=r,
         )
         self.queries = Counter("shelver_queries", "Queries classified", registry=r)
+        self.cache_hits = Counter("shelver_cache_hits", "Queries answered from the answer cache", registry=r)
         self.decisions = Counter(
             "shelver_decisions", "Queries by decision (abstain, ...)", ["decision"], registry=r
         )
@@ -76,8 +78,9 @@ class ServiceMetrics:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
-    def observe_predictions(self, predictions: list[dict[str, Any]]) -> None:
+    def observe_predictions(self, predictions: list[dict[str, Any]], cache_hits: int = 0) -> None:
         self.queries.inc(len(predictions))
+        self.cache_hits.inc(cache_hits)
         counts: dict[str, int] = {}
         for p in predictions:
             decision = p.get("decision")

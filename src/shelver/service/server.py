@@ -16,7 +16,7 @@ def run_server(model: Path, host: str, port: int, workers: int, log_level: str =
 
     os.environ["SHELVER_MODEL"] = str(model)  # the other SHELVER_* settings come from the environment
     settings = get_settings()
-    served = load_served(settings.model, settings.threads)
+    served = load_served(settings.model, settings.threads, settings.cache_size)
     options = {
         "host": host,
         "port": port,

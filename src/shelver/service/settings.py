@@ -14,7 +14,7 @@ from pathlib import Path
 from shelver.errors import ConfigError
 
 PREFIX = "SHELVER_"
-ZERO_ALLOWED = {"inline_ms"}  # settings where 0 means "never"
+ZERO_ALLOWED = {"inline_ms", "cache_size"}  # settings where 0 means "never"
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class Settings:
     # load, times their number) runs inline on the event loop: no thread hand-off, but no timeout
     # either. 0 sends every request to the threads.
     inline_ms: float = 2.0
+    # answers kept for repeated queries, per model (search logs repeat their head queries); 0 = none
+    cache_size: int = 10_000
     # when set, /admin/* needs 'Authorization: Bearer <token>'
     admin_token: str | None = None
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,31 @@ class Served:
     version: str
     info: dict[str, Any] = field(default_factory=dict)
     query_seconds: float = 1.0  # one query's classify time, measured at load
+    answers: AnswerCache = field(default_factory=lambda: AnswerCache(0))
+
+
+class AnswerCache:
+    """The answers to the last ``size`` distinct queries (least recently used go first).
+
+    Search traffic repeats its head queries all day; each model has its own cache, so a reload
+    starts empty. Only the event loop touches it (the classify threads never do).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def get(self, text: str) -> dict[str, Any] | None:
+        answer = self.entries.get(text)
+        if answer is not None:
+            self.entries.move_to_end(text)
+        return answer
+
+    def put(self, answers: dict[str, dict[str, Any]]) -> None:
+        if self.size:
+            self.entries.update(answers)
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
 
 
 class ModelSlot:
@@ -48,9 +74,18 @@ class ModelSlot:
         self._reloading: asyncio.Lock | None = None
 
     def load(self, path: str | Path) -> Served:
-        return load_served(path, self.settings.threads)
+        return load_served(path, self.settings.threads, self.settings.cache_size)
 
-    async def classify(self, served: Served, texts: list[str]) -> list[dict[str, Any]]:
+    async def classify(self, served: Served, texts: list[str]) -> tuple[list[dict[str, Any]], int]:
+        """The answers in order, and how many of them the cache gave; each new text is classified once."""
+        cached = [served.answers.get(t) for t in texts]
+        todo = list(dict.fromkeys(t for t, a in zip(texts, cached, strict=True) if a is None))
+        fresh = dict(zip(todo, await self._classify(served, todo), strict=True)) if todo else {}
+        served.answers.put(fresh)
+        answers = [a if a is not None else fresh[t] for t, a in zip(texts, cached, strict=True)]
+        return answers, len(texts) - sum(a is None for a in cached)
+
+    async def _classify(self, served: Served, texts: list[str]) -> list[dict[str, Any]]:
         """Short work runs inline on the event loop (no thread hand-off); the rest on the pool."""
         if len(texts) * served.query_seconds * 1e3 <= self.settings.inline_ms:
             return _classify(served.model, texts)
@@ -77,14 +112,15 @@ class ModelSlot:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def load_served(path: str | Path, threads: int | None = 1) -> Served:
+def load_served(path: str | Path, threads: int | None = 1, cache_size: int = 0) -> Served:
     """Load, check on one query, and describe a model directory (not yet served)."""
     from shelver.model_dir import load_model
 
     root = Path(path)
     model = load_model(root, encoder="serving", threads=threads)
     model.classify([SMOKE_QUERY])[0].to_dict()  # a model that cannot answer is not swapped in
-    return Served(model, root, model_version(root), describe(model, root), _query_seconds(model))
+    info = describe(model, root)
+    return Served(model, root, model_version(root), info, _query_seconds(model), AnswerCache(cache_size))
 
 
 def _query_seconds(model: Any, runs: int = 5) -> float:
