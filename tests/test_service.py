@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -259,14 +260,20 @@ def test_settings_from_the_environment(tmp_path):
         get_settings({"SHELVER_MODEL": "m", "SHELVER_INLINE_MS": "-1"})
 
 
+def _record_calls(app: Any, what: Any) -> list:
+    """Wrap the served model's classify: each call first appends ``what(texts)`` to the list returned."""
+    model, calls = app.state.slot.current.model, []
+    original = model.classify
+    model.classify = lambda texts: (calls.append(what(texts)), original(texts))[1]
+    return calls
+
+
 def test_repeated_queries_are_answered_from_the_cache(hashing_model_dir):
     from fastapi.testclient import TestClient
 
     app = create_app(Settings(model=hashing_model_dir, cache_size=2))
     with TestClient(app) as http:
-        model, seen = app.state.slot.current.model, []
-        original = model.classify
-        model.classify = lambda texts: (seen.append(list(texts)), original(texts))[1]
+        seen = _record_calls(app, lambda texts: list(texts))
         first = http.post("/v1/classify", json={"queries": ["boots", "boots", "red dress"]}).json()
         again = http.post("/v1/classify", json={"query": "boots"}).json()
         assert seen == [["boots", "red dress"]]  # each new text once; the repeat came from the cache
@@ -282,9 +289,7 @@ def test_no_cache_classifies_every_query(hashing_model_dir):
 
     app = create_app(Settings(model=hashing_model_dir, cache_size=0))
     with TestClient(app) as http:
-        model, seen = app.state.slot.current.model, []
-        original = model.classify
-        model.classify = lambda texts: (seen.append(list(texts)), original(texts))[1]
+        seen = _record_calls(app, lambda texts: list(texts))
         for _ in range(2):
             assert http.post("/v1/classify", json={"query": "boots"}).status_code == 200
         assert seen == [["boots"], ["boots"]]
@@ -298,9 +303,7 @@ def test_short_requests_run_inline_and_long_ones_on_the_pool(hashing_model_dir, 
 
     app = create_app(Settings(model=hashing_model_dir, inline_ms=inline_ms))
     with TestClient(app) as http:
-        model, threads = app.state.slot.current.model, []
-        original = model.classify
-        model.classify = lambda texts: (threads.append(threading.current_thread().name), original(texts))[1]
+        threads = _record_calls(app, lambda texts: threading.current_thread().name)
         response = http.post("/v1/classify", json={"queries": ["boots"] * queries})
         assert response.status_code == 200 and len(response.json()["predictions"]) == queries
         assert threads and threads[0].startswith("classify") is on_pool
