@@ -71,5 +71,6 @@ def _parse(name: str, kind: str, raw: str) -> object:
     except ValueError:
         raise ConfigError(f"{variable} must be a {kind} number, got {raw!r}") from None
     if value < 0 or (value == 0 and name not in ZERO_ALLOWED):
-        raise ConfigError(f"{variable} must be positive, got {raw!r}")
+        least = "0 or more" if name in ZERO_ALLOWED else "positive"
+        raise ConfigError(f"{variable} must be {least}, got {raw!r}")
     return value
