@@ -118,13 +118,14 @@ def load_served(path: str | Path, threads: int | None = 1, cache_size: int = 0) 
 
     root = Path(path)
     model = load_model(root, encoder="serving", threads=threads)
-    model.classify([SMOKE_QUERY])[0].to_dict()  # a model that cannot answer is not swapped in
+    seconds = _query_seconds(model)  # a model that cannot answer is not swapped in
     info = describe(model, root)
-    return Served(model, root, model_version(root), info, _query_seconds(model), AnswerCache(cache_size))
+    return Served(model, root, model_version(root), info, seconds, AnswerCache(cache_size))
 
 
 def _query_seconds(model: Any, runs: int = 5) -> float:
-    """The median time of one query, after the smoke query has warmed the model up."""
+    """The median time of one query, after a first (smoke) query has warmed the model up."""
+    _classify(model, [SMOKE_QUERY])
     times = []
     for _ in range(runs):
         started = time.perf_counter()
