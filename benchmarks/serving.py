@@ -238,9 +238,9 @@ def http_load(
         command += ["--bodies", file.name, "--rate", str(rate)]
         # the first seconds of a fresh server are slower (first-time code paths, caches): steady state
         # is measured after a warm-up at the same rate, whose own figures are kept beside it
-        warmup = _loadgen([*command, "--seconds", str(WARMUP_S)])
+        warmup = _loadgen(command, WARMUP_S)
         stolen, used = cpu_steal(), server_cpu(process.pid)
-        result = _loadgen([*command, "--seconds", str(seconds)])
+        result = _loadgen(command, seconds)
         result["warmup"] = {k: warmup[k] for k in ("seconds", "p50_ms", "p99_ms", "errors") if k in warmup}
         result["cpu_steal_s"] = round(cpu_steal() - stolen, 2)
         # CPU time is not inflated by steal (waiting is): the figure that carries to other machines
@@ -258,9 +258,9 @@ def http_load(
     return {"rate": rate, "seconds": seconds, "workers": workers, "cache": cache, **result}
 
 
-def _loadgen(command: list[str]) -> dict:
-    result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
-    return {"seconds": float(command[-1]), **result}
+def _loadgen(command: list[str], seconds: float) -> dict:
+    run = subprocess.run([*command, "--seconds", str(seconds)], capture_output=True, text=True, check=True)
+    return {"seconds": seconds, **json.loads(run.stdout)}
 
 
 def server_cpu(pid: int) -> float:
@@ -401,22 +401,7 @@ def markdown(r: dict) -> str:
             f"{qps['classify']:,.0f} / {qps['encoder_only']:,.0f} q/s",
             "≥ 2,500 q/s",
         ),
-        (
-            _http_label(web),
-            f"{web['p50_ms']:.2f} / {web['p99_ms']:.2f} ms",
-            "p99 ≤ 10 ms",
-        ),
-        (
-            "HTTP failed requests / server 5xx",
-            f"{web['errors']} / {web['server_5xx']:.0f} of {web['requests']:,}",
-            "0",
-        ),
-        (
-            "… seconds with p99 > 10 ms / CPU stolen by the hypervisor meanwhile",
-            _noise(web),
-            "",
-        ),
-        ("… server CPU per request (not inflated by steal)", _server_cpu(web), ""),
+        *_http_rows(web),
         (f"start → /readyz OK (median of {up['runs']})", f"{up['ready_s_median']:.2f} s", "≤ 1.5 s"),
         (
             "… server CPU until ready / `import sklearn.base` alone",
@@ -462,29 +447,34 @@ def _noise(web: dict) -> str:
     return f"{bad} of {len(web['p99_ms_by_second'])} / {web['cpu_steal_s']:.1f} CPU-s"
 
 
-def _http_label(web: dict) -> str:
+def _http_rows(web: dict) -> list[tuple[str, str, str]]:
+    """One HTTP run: latency, failures, the VM's noise and server CPU per request."""
     label = f"HTTP p50 / p99 at {web['rate']:.0f} req/s for {web['seconds']:.0f} s"
-    warm = web.get("warmup")
-    if not warm:
-        return label
-    return label + f" (after {warm['seconds']:.0f} s of warm-up: p99 {warm['p99_ms']:.1f} ms)"
-
-
-def _server_cpu(web: dict) -> str:
+    if web.get("workers", 1) > 1:
+        label += f", {web['workers']} workers"
+    if web.get("warmup"):
+        label += f" (after {web['warmup']['seconds']:.0f} s of warm-up: p99 {web['warmup']['p99_ms']:.1f} ms)"
     cpu = web.get("server_cpu_ms_per_request")
-    return f"{cpu:.2f} ms" if cpu is not None else "not recorded"
+    return [
+        (label, f"{web['p50_ms']:.2f} / {web['p99_ms']:.2f} ms", "p99 ≤ 10 ms"),
+        (
+            "… failed requests / server 5xx",
+            f"{web['errors']} / {web['server_5xx']:.0f} of {web['requests']:,}",
+            "0",
+        ),
+        ("… seconds with p99 > 10 ms / CPU stolen by the hypervisor meanwhile", _noise(web), ""),
+        (
+            "… server CPU per request (not inflated by steal)",
+            f"{cpu:.2f} ms" if cpu is not None else "not recorded",
+            "",
+        ),
+    ]
 
 
 def _extra_http_rows(r: dict) -> list[tuple[str, str, str]]:
     """HTTP runs at other rates (``http_at_<rate>``, merged in by hand from ``--steps http --rate``)."""
-    rows = []
-    for key in sorted(k for k in r if k.startswith(("http_at_", "http_workers_"))):
-        web = r[key]
-        label = _http_label(web)
-        label += f", {web.get('workers', 1)} worker(s) (errors / 5xx; seconds with p99 > 10 ms / steal)"
-        result = f"{web['p50_ms']:.2f} / {web['p99_ms']:.2f} ms ({web['errors']} / {web['server_5xx']:.0f}; "
-        rows.append((label, result + _noise(web) + ")", "p99 ≤ 10 ms"))
-    return rows
+    keys = sorted(k for k in r if k.startswith(("http_at_", "http_workers_")))
+    return [row for key in keys for row in _http_rows(r[key])]
 
 
 def _batch_rows(batch: dict) -> list[tuple[str, str, str]]:
