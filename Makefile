@@ -25,6 +25,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check .
 
 demo: $(STAMP)
 	$(RUN) train --taxonomy $(DEMO)/taxonomy.json --train $(DEMO)/train.csv --valid $(DEMO)/valid.csv \
