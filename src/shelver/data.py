@@ -29,6 +29,8 @@ class LabeledData:
     y: np.ndarray
     source: list[str]
     origin: str
+    # each row's number among the file's data rows (1-based); a multi-label cell's rows share one
+    row_numbers: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -84,7 +86,7 @@ def read_labeled(path: str | Path, taxonomy: Taxonomy) -> LabeledData:
     texts = texts_of(frame, origin)
     y = labels_of(frame, taxonomy, origin)
     source = frame["source"].astype(str).tolist() if "source" in frame.columns else ["human"] * len(texts)
-    return LabeledData(texts, y, source, origin)
+    return LabeledData(texts, y, source, origin, tuple(frame.index.tolist()))
 
 
 MULTI_SEPARATOR = "|"

@@ -135,7 +135,7 @@ def _label_summary(summary, store) -> str:
 
 @main.group(cls=ShelverGroup)
 def labels() -> None:
-    """Export, audit and re-import the labels of a label store."""
+    """Export, audit and re-import the labels of a label store; find conflicting labels in files."""
 
 
 @labels.command("export")
@@ -202,6 +202,73 @@ def labels_audit(store_path: Path, model_dir: Path, out: Path, limit: int | None
         f"('=' accepts the label, 'none' for no category) and run 'shelver labels import'",
         err=True,
     )
+
+
+@labels.command("conflicts")
+@taxonomy_option
+@click.option(
+    "--data",
+    "data_paths",
+    required=True,
+    multiple=True,
+    type=existing_file,
+    help="Labeled file; repeat to check several together (train and test: the test rows a model "
+    "will be surest of repeat training texts).",
+)
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV of the pairs to write."
+)
+@click.option(
+    "--encoder", default="minilm", show_default=True, help="Encoder that finds near-identical texts."
+)
+@click.option(
+    "--min-similarity",
+    default=0.95,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Cosine at or above which two texts are twins.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def labels_conflicts(
+    taxonomy_path: Path,
+    data_paths: tuple[Path, ...],
+    out: Path,
+    encoder: str,
+    min_similarity: float,
+    quiet: bool,
+) -> None:
+    """Find texts that (nearly) repeat each other with different labels: no model answers those at a
+    high precision. Pairs each row with its most similar other row; the work grows with rows squared."""
+    from shelver.consistency import find_twins
+    from shelver.data import read_labeled
+    from shelver.encoders import make_encoder
+    from shelver.taxonomy import Taxonomy
+
+    taxonomy = Taxonomy.load(taxonomy_path)
+    parts = [read_labeled(path, taxonomy) for path in data_paths]
+    texts = [t for part in parts for t in part.texts]
+    paths = [tuple(row) for part in parts for row in part.y]
+    where = [f"{part.origin}:{n}" for part in parts for n in part.row_numbers]
+    vectors = make_encoder(encoder).encode(texts, progress=not quiet)
+    twins = find_twins(texts, paths, vectors, where, min_similarity)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    twins.conflicts.to_csv(out, index=False)
+    click.echo(_conflicts_summary(twins, min_similarity, out), err=True)
+
+
+def _conflicts_summary(twins, min_similarity: float, out: Path) -> str:
+    lines = [
+        f"{twins.rows:,} rows: {twins.with_twin:,} have a twin (cosine >= {min_similarity:g}); "
+        f"{twins.agreement:.1%} of those carry their twin's label"
+        if twins.with_twin
+        else f"{twins.rows:,} rows: none has a twin (cosine >= {min_similarity:g})"
+    ]
+    lines += [f"  {n:>5,}  {a}  vs  {b}" for a, b, n in twins.label_pairs()]
+    lines.append(
+        f"wrote {len(twins.conflicts):,} disagreeing pairs to {out}, most similar first: fix the wrong "
+        "labels, or give a text that belongs to both its two paths ('A > B | C > D')"
+    )
+    return "\n".join(lines)
 
 
 @labels.command("import")
