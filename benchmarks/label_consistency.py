@@ -9,12 +9,13 @@ and the nearest training row by frozen MiniLM cosine. Agreement = the test label
 training rows' majority label (L2) or category (L1).
 
     python benchmarks/label_consistency.py --datasets fashion grocery
+
+``shelver labels conflicts`` lists such pairs for your own files.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import sys
 from collections import Counter
@@ -23,14 +24,11 @@ import numpy as np
 from _cache import cached_embeddings, read_products
 from _results import write_results
 
+from shelver.consistency import word_key
 from shelver.encoders import resolve_model_path
 from shelver.labeling import normalize_query
 
 BANDS = (0.99, 0.97, 0.95, 0.90, 0.85, -1.0)  # nearest-neighbour cosine, lower edges
-
-
-def word_set(text: str) -> str:
-    return " ".join(sorted(set(re.findall(r"\w+", text.lower()))))
 
 
 Label = tuple[str, str]
@@ -85,7 +83,7 @@ def measure(dataset: str) -> dict:
     return {
         "test_rows": len(test),
         "same_text": key_agreement([normalize_query(t) for t in texts], labels, train, test),
-        "same_words": key_agreement([word_set(t) for t in texts], labels, train, test),
+        "same_words": key_agreement([word_key(t) for t in texts], labels, train, test),
         "nearest_train_cosine": bands(labels, near, sims, test),
     }
 
