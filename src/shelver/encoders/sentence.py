@@ -30,8 +30,15 @@ class SentenceEncoder:
     def model(self):
         if self._model is None:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
-            self._model = SentenceTransformer(self.path, device="cpu")
+            shown = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # a "Loading weights" bar for a load that takes a blink
+            try:
+                self._model = SentenceTransformer(self.path, device="cpu")
+            finally:
+                if shown:
+                    hf_logging.enable_progress_bar()
             self._model.max_seq_length = self.max_seq_length
         return self._model
 
