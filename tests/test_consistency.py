@@ -84,3 +84,28 @@ def test_labels_conflicts_command(tmp_path: Path, tiny_files: dict[str, Path]) -
         "carry their twin's label" in result.output
         and "Bags > Backpacks  vs  Bags > Handbags" in result.output
     )
+
+
+def _write_pairs(tmp_path: Path) -> list[str]:
+    pd.DataFrame({"text": TEXTS, "path": [" > ".join(p) for p in PATHS]}).to_csv(
+        tmp_path / "a.csv", index=False
+    )
+    return ["labels", "conflicts", "--data", str(tmp_path / "a.csv"), "--out", str(tmp_path / "c.csv")]
+
+
+def test_a_sample_checks_only_that_many_rows(tmp_path: Path, tiny_files: dict[str, Path]) -> None:
+    args = _write_pairs(tmp_path) + ["--taxonomy", str(tiny_files["taxonomy"]), "--encoder", "hashing"]
+    result = CliRunner().invoke(main, [*args, "--sample", "3", "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "random sample of 3 of 6 rows" in result.output and "\n3 rows: " in result.output
+
+
+def test_too_many_rows_without_a_sample_is_refused_with_the_fix(
+    tmp_path: Path, tiny_files: dict[str, Path], monkeypatch
+) -> None:
+    monkeypatch.setattr("shelver.consistency.MAX_ROWS", 5)
+    args = _write_pairs(tmp_path) + ["--taxonomy", str(tiny_files["taxonomy"]), "--encoder", "hashing"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "6 labeled rows" in result.output and "--sample 2" in result.output
+    assert not (tmp_path / "c.csv").exists()

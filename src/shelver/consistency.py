@@ -18,12 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from shelver.errors import DataError
 from shelver.labeling.querylog import normalize_query
 from shelver.taxonomy import format_path
 
 # similarities held at once (float32): 64 MB, whatever the number of rows; the work is quadratic
 # in the rows (~40 s for 43,000 on 2 cores, after encoding them), so check a sample of a larger file
 BUDGET = 1 << 24
+# beyond this many rows, every pair would take hours on a few cores: check a sample instead
+MAX_ROWS = 200_000
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,18 @@ def _pairs_frame(
         }
     )
     return frame.sort_values("similarity", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def rows_to_check(rows: int, sample: int | None, seed: int = 0) -> np.ndarray:
+    """All row indices, or ``sample`` of them drawn at random (in file order)."""
+    if sample is not None:
+        return np.sort(np.random.default_rng(seed).choice(rows, min(sample, rows), replace=False))
+    if rows > MAX_ROWS:
+        raise DataError(
+            f"{rows:,} labeled rows: comparing every pair would take hours; "
+            f"pass --sample {MAX_ROWS // 2:,} to check a random sample of them"
+        )
+    return np.arange(rows)
 
 
 def nearest_other(vectors: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -228,6 +228,11 @@ def labels_audit(store_path: Path, model_dir: Path, out: Path, limit: int | None
     type=click.FloatRange(0.0, 1.0),
     help="Cosine at or above which two texts are twins.",
 )
+@click.option(
+    "--sample",
+    type=click.IntRange(min=2),
+    help="Check this many rows drawn at random (seed 0): needed above 200,000 rows.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def labels_conflicts(
     taxonomy_path: Path,
@@ -235,20 +240,28 @@ def labels_conflicts(
     out: Path,
     encoder: str,
     min_similarity: float,
+    sample: int | None,
     quiet: bool,
 ) -> None:
     """Find texts that (nearly) repeat each other with different labels: no model answers those at a
     high precision. Pairs each row with its most similar other row; the work grows with rows squared."""
-    from shelver.consistency import find_twins
+    from shelver.consistency import find_twins, rows_to_check
     from shelver.data import read_labeled
     from shelver.encoders import make_encoder
     from shelver.taxonomy import Taxonomy
 
     taxonomy = Taxonomy.load(taxonomy_path)
     parts = [read_labeled(path, taxonomy) for path in data_paths]
-    texts = [t for part in parts for t in part.texts]
-    paths = [tuple(row) for part in parts for row in part.y]
-    where = [f"{part.origin}:{n}" for part in parts for n in part.row_numbers]
+    everyone = [
+        (t, tuple(row), f"{part.origin}:{n}")
+        for part in parts
+        for t, row, n in zip(part.texts, part.y, part.row_numbers, strict=True)
+    ]
+    texts, paths, where = map(
+        list, zip(*[everyone[i] for i in rows_to_check(len(everyone), sample)], strict=True)
+    )
+    if len(texts) < len(everyone):
+        click.echo(f"checking a random sample of {len(texts):,} of {len(everyone):,} rows", err=True)
     vectors = make_encoder(encoder).encode(texts, progress=not quiet)
     twins = find_twins(texts, paths, vectors, where, min_similarity)
     out.parent.mkdir(parents=True, exist_ok=True)
