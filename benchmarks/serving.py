@@ -167,8 +167,9 @@ def free_port() -> int:
 Started = tuple[subprocess.Popen, int, float, float]
 
 
-def start_server(model_dir: Path, workers: int = 1, cache: int = 0) -> Started:
-    """``shelver serve`` as users start it; returns (process, port, seconds to /readyz OK, CPU s)."""
+def start_server(model_dir: Path, workers: int = 1) -> Started:
+    """``shelver serve`` as users start it, answer cache off (the benchmark's texts repeat);
+    returns (process, port, seconds to /readyz OK, CPU s)."""
     port = free_port()
     command = [
         str(BIN / "shelver"),
@@ -183,7 +184,7 @@ def start_server(model_dir: Path, workers: int = 1, cache: int = 0) -> Started:
         str(workers),
     ]
     t0 = time.perf_counter()
-    process = subprocess.Popen(command, env={**ENV, "SHELVER_CACHE_SIZE": str(cache)})
+    process = subprocess.Popen(command, env={**ENV, "SHELVER_CACHE_SIZE": "0"})
     while process.poll() is None:
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
@@ -228,15 +229,14 @@ def http_load(
     rate: float,
     seconds: float,
     workers: int = 1,
-    cache: int = 0,
     quiet_steal: float | None = None,
 ) -> dict:
-    """Open-loop load from another process; the answer cache is off unless ``cache`` (the texts repeat).
+    """Open-loop load from another process, against a server with its answer cache off.
 
     ``quiet_steal``: first wait until the host steals under this many CPU-s in 20 s of idling.
     """
     waited = wait_for_quiet_host(quiet_steal) if quiet_steal is not None else None
-    process, port, _, _ = start_server(model_dir, workers, cache)
+    process, port, _, _ = start_server(model_dir, workers)
     try:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
             json.dump([{"query": t} for t in texts], file)
@@ -266,7 +266,7 @@ def http_load(
         if line.startswith("shelver_http_requests_total") and 'status="5' in line
     )
     result |= {"quiet_wait": waited} if waited else {}
-    return {"rate": rate, "seconds": seconds, "workers": workers, "cache": cache, **result}
+    return {"rate": rate, "seconds": seconds, "workers": workers, "cache": 0, **result}
 
 
 def wait_for_quiet_host(max_steal_s: float, window_s: float = 20.0, give_up_s: float = 600.0) -> dict:
