@@ -104,9 +104,8 @@ def nearest_other(vectors: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, 
     for start in range(0, len(unit), block):
         scores = unit[start : start + block] @ unit.T
         scores[groups[start : start + block, None] == groups[None, :]] = -np.inf
-        if scores.shape[1]:
-            best[start : start + block] = scores.argmax(axis=1)
-            sims[start : start + block] = scores.max(axis=1)
+        best[start : start + block] = scores.argmax(axis=1)
+        sims[start : start + block] = scores.max(axis=1)
     return best, sims
 
 
