@@ -11,10 +11,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -45,6 +47,8 @@ QUERIES = [
     ("cufflinks", 1),
     ("crop top", 1),
 ]
+# llama.cpp's log lines: "0.00.839.305 I slot print_timing: id  0 | ..."
+LLAMA_LOG_LINE = re.compile(r"^\d+\.\d+\.\d+\.\d+ [DIWE] |print_timing", re.MULTILINE)
 # one thread: llama.cpp's threads spin while they wait, and on a shared machine a second one costs 50x
 
 needs_llm = pytest.mark.skipif(
@@ -54,7 +58,12 @@ needs_llm = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def llama_server():
+def llama_server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("llama_server") / "llamacpp.log"
+
+
+@pytest.fixture(scope="module")
+def llama_server(llama_server_log):
     """``python -m shelver.labeling.server`` on a free loopback port; yields its /v1 base URL."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     proc = subprocess.Popen(
@@ -70,9 +79,11 @@ def llama_server():
             "1",
             "--n-ctx",
             "2048",
+            "--log-file",
+            str(llama_server_log),
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
@@ -83,10 +94,12 @@ def llama_server():
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            _, stderr = proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _, stderr = proc.communicate()
+        # --log-file took llama.cpp's log: nothing of it reached stderr, which a PIPE would fill
+        assert LLAMA_LOG_LINE.search(stderr) is None, stderr[:2000]
 
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> str:
@@ -157,6 +170,17 @@ def test_unconstrained_weak_model_output_is_caught_and_counted(llama_server, tax
     assert summary.by_status["repaired"] == statuses.count("repaired")
     # the 135M model does not follow the format every time: something is repaired or rejected
     assert summary.by_status["rejected"] + summary.by_status["repaired"] > 0
+
+
+@needs_llm
+def test_the_servers_log_file_takes_llama_cpp_log(llama_server, llama_server_log):
+    backend = OpenAIBackend(model="smollm2", base_url=llama_server, structured="grammar", timeout=120)
+    backend.generate(Request(({"role": "user", "content": "hi"},), ("Shoes > Boots",), "x", max_tokens=4))
+    for _ in range(50):  # llama.cpp writes from its own thread, a moment after the reply
+        if "print_timing" in llama_server_log.read_text():
+            break
+        time.sleep(0.1)
+    assert "print_timing" in llama_server_log.read_text()
 
 
 @needs_llm
@@ -253,3 +277,31 @@ def test_timeouts_and_dead_servers_are_transient(stub):
     backend = OpenAIBackend(base_url="http://127.0.0.1:9/v1", timeout=1)
     with pytest.raises(TransientBackendError, match="connection failed"):
         backend.generate(REQUEST)
+
+
+# ---- quiet means quiet: llama.cpp's own log goes to a file beside the store -----------------------
+def _label_cli(tiny_files, store: Path, *flags: str) -> subprocess.CompletedProcess:
+    log = store.parent / "log.csv"
+    log.write_text("text,count\n" + "".join(f"{text},{count}\n" for text, count in QUERIES))
+    args = ["--taxonomy", str(tiny_files["taxonomy"]), "--log", str(log), "--out", str(store)]
+    args += ["--backend", "llamacpp", "--model", "smollm2", "--encoder", "hashing", "--shortlist", "4"]
+    args += ["--option", "llamacpp.n_threads=1", "--option", "llamacpp.n_ctx=2048", "--concurrency", "1"]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    command = [sys.executable, "-m", "shelver.cli", "label", *args, *flags]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+@needs_llm
+def test_label_with_llamacpp_keeps_its_log_off_the_terminal_unless_verbose(tiny_files, tmp_path):
+    (tmp_path / "quiet").mkdir()
+    quiet = _label_cli(tiny_files, tmp_path / "quiet" / "labels.db", "--quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    assert LLAMA_LOG_LINE.search(quiet.stderr) is None, quiet.stderr
+    assert "labeled 6 queries" in quiet.stderr
+    log = (tmp_path / "quiet" / "llamacpp.log").read_text()
+    assert "print_timing" in log and "~Server: main loop exited" in log  # the destructor's lines too
+    (tmp_path / "verbose").mkdir()
+    verbose = _label_cli(tiny_files, tmp_path / "verbose" / "labels.db", "--quiet", "--verbose")
+    assert verbose.returncode == 0, verbose.stderr
+    assert LLAMA_LOG_LINE.search(verbose.stderr) is not None  # the pattern does catch its lines
+    assert not (tmp_path / "verbose" / "llamacpp.log").exists()

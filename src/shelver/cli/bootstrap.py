@@ -43,6 +43,7 @@ from shelver.cli.common import existing_file, labeling_backend_options, main, ta
 )
 @labeling_backend_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--verbose", is_flag=True, help="llama.cpp's own log on the terminal, not in OUT/llamacpp.log.")
 def bootstrap(
     taxonomy_path: Path,
     log_path: Path,
@@ -56,6 +57,7 @@ def bootstrap(
     base_url: str | None,
     options: tuple[str, ...],
     quiet: bool,
+    verbose: bool,
 ) -> None:
     """Label a raw log, train, calibrate, evaluate, export and list queries to review; resumable.
 
@@ -82,13 +84,15 @@ def bootstrap(
     Rows that duplicate training text or copy the held-out split or --labeled-sample are
     dropped; kept rows (source synthetic:*) train but never count toward the tail bands.
     """
+    from shelver.labeling.backends.llamacpp import llama_log
     from shelver.pipeline import RunContext, load_bootstrap_config, run_pipeline
 
     config = load_bootstrap_config(
         config_path, overrides + _label_overrides(backends, model, base_url, options)
     )
     ctx = RunContext(taxonomy_path, log_path, out, config, sample_path, progress=not quiet)
-    run_pipeline(ctx, start_from, echo=lambda line: click.echo(line, err=True))
+    with llama_log(out, config.label.backends, verbose):
+        run_pipeline(ctx, start_from, echo=lambda line: click.echo(line, err=True))
     click.echo((out / "evaluate" / "report.md").read_text())
     click.echo(f"model: {out}/export/model; queries to review: {out}/review/review.csv", err=True)
 

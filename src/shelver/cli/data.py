@@ -53,6 +53,9 @@ from shelver.cli.common import (
 @click.option("--price-completion", type=float, help="US$ per million completion tokens (cost estimate).")
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--verbose", is_flag=True, help="llama.cpp's own log on the terminal, not in llamacpp.log beside --out."
+)
 def label(
     taxonomy_path: Path,
     log_path: Path,
@@ -73,9 +76,11 @@ def label(
     price_completion: float | None,
     text_column: str,
     quiet: bool,
+    verbose: bool,
 ) -> None:
     """Label a raw search log into a resumable store; every label is a path of the taxonomy or none."""
     from shelver.labeling import LabelConfig, Labeler, LabelStore, read_query_log
+    from shelver.labeling.backends.llamacpp import llama_log
     from shelver.labeling.config import voters_from_cli
     from shelver.taxonomy import Taxonomy
 
@@ -96,11 +101,14 @@ def label(
     queries = read_query_log(log_path, text_column)
     labeler = Labeler(taxonomy, config)
     with LabelStore(store_path) as store:
-        try:
-            summary = labeler.run(store, queries, progress=not quiet)
-        finally:
-            labeler.close()
+        with llama_log(store_path.parent, (v.backend for v in config.voters), verbose) as log_path:
+            try:
+                summary = labeler.run(store, queries, progress=not quiet)
+            finally:
+                labeler.close()
         click.echo(_label_summary(summary, store), err=True)
+        if log_path is not None:
+            click.echo(f"llama.cpp's log: {log_path}", err=True)
 
 
 def _read_synonyms(path: Path | None) -> dict[str, str]:

@@ -5,14 +5,23 @@ of the shortlisted paths or ``none``: the model cannot produce anything else. Th
 ``xllamacpp`` (prebuilt wheels, llama.cpp's own server engine: thread-safe, continuous batching),
 so installing needs no compiler. Its engine also opens an HTTP listener on a random loopback port;
 nothing uses it here.
+
+llama.cpp logs from its own C++ thread straight to file descriptor 2 (hundreds of
+``slot print_timing`` lines a run), and xllamacpp offers no log file. ``native_log_to(path)``
+points descriptor 2 at a file for as long as it is open, while Python's ``sys.stderr`` (the
+progress bar, the summary, errors) keeps the terminal.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from shelver.errors import BackendError, ConfigError
 from shelver.labeling.backends.base import Reply, Request, answer_grammar
@@ -108,3 +117,55 @@ def _reply(result: Any, model: str) -> Reply:
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
     )
+
+
+LOG_NAME = "llamacpp.log"
+# llama.cpp writes its log from its own thread: the lines the engine's destructor queued reach the
+# file within microseconds; this wait keeps them off the terminal when the descriptor is restored
+DRAIN_SECONDS = 0.2
+
+
+def llama_log(folder: Path, backends: Iterable[str], verbose: bool) -> AbstractContextManager[Path | None]:
+    """``folder/llamacpp.log`` takes llama.cpp's log when a ``backends`` name (``NAME[=MODEL]``) is
+    llamacpp; ``verbose`` leaves it on the terminal. Yields the log's path, or None."""
+    names = {name.partition("=")[0].strip() for name in backends}
+    if verbose or "llamacpp" not in names:
+        return nullcontext()
+    return native_log_to(folder.resolve() / LOG_NAME)
+
+
+@contextmanager
+def native_log_to(path: Path) -> Iterator[Path]:
+    """Native writes to descriptor 2 (llama.cpp's log) are appended to ``path`` inside the block;
+    Python's ``sys.stderr`` still reaches the terminal. Process-wide: not for concurrent use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    python_stderr = sys.stderr
+    sys.stderr = stream = _terminal_stream(python_stderr, terminal)
+    os.dup2(log, 2)
+    os.close(log)
+    try:
+        yield path
+    finally:
+        time.sleep(DRAIN_SECONDS)
+        stream.flush()
+        sys.stderr = python_stderr
+        if stream is not python_stderr:
+            stream.close()  # closefd=False: the saved descriptor is closed below, once
+        os.dup2(terminal, 2)
+        os.close(terminal)
+
+
+def _terminal_stream(stream: TextIO, terminal: int) -> TextIO:
+    """A stream on the saved terminal descriptor, when ``stream`` writes to descriptor 2; a stream
+    that does not (pytest's or click's capture) is kept: it never reaches descriptor 2 anyway."""
+    try:
+        writes_fd2 = stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        writes_fd2 = False
+    if not writes_fd2:
+        return stream
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    return open(terminal, "w", buffering=1, encoding=encoding, errors="backslashreplace", closefd=False)
