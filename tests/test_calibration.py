@@ -15,10 +15,9 @@ from shelver import HierarchicalClassifier, load_model
 from shelver.calibration import (
     Calibration,
     fit_temperature,
-    precision_curve,
     temper,
-    threshold_for_precision,
 )
+from shelver.certify import precision_curve, threshold_for_precision
 from shelver.decisions import Thresholds, decide, withhold
 from shelver.errors import ConfigError
 from shelver.metrics import coverage_at_precision, expected_calibration_error

@@ -26,6 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from shelver.certify import (
+    LevelFit,
+    certified_threshold,
+    point_threshold,
+    precision_curve,
+    threshold_for_precision,
+)
+from shelver.config import DecisionConfig
 from shelver.decisions import Scores, Thresholds
 from shelver.errors import ConfigError
 from shelver.taxonomy import Taxonomy, format_path
@@ -181,30 +189,6 @@ def _within_rows(
 
 
 # ---- choosing thresholds ------------------------------------------------------------------
-def precision_curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``(thresholds, coverage, precision)`` for answering every row with ``confidence >= t``.
-
-    One point per distinct confidence, from the highest threshold (fewest answers) down.
-    """
-    order = np.argsort(-confidence, kind="stable")
-    conf, hits = confidence[order], np.cumsum(np.asarray(correct, dtype=np.float64)[order])
-    if len(conf) == 0:
-        return np.array([1.0]), np.array([0.0]), np.array([1.0])
-    last_of_tie = np.r_[conf[1:] != conf[:-1], True]
-    answered = np.flatnonzero(last_of_tie) + 1
-    return conf[answered - 1], answered / len(conf), hits[answered - 1] / answered
-
-
-def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
-    """The lowest threshold whose answers reach ``target`` precision (most coverage).
-
-    Nothing reaches it: a threshold above every confidence, so the level always abstains.
-    """
-    thresholds, _, precision = precision_curve(confidence, correct)
-    ok = np.flatnonzero(precision >= target)
-    return float(thresholds[ok[-1]]) if len(ok) else float(np.nextafter(1.0, 2.0))
-
-
 def threshold_for_f1(scores: np.ndarray, positive: np.ndarray) -> float:
     """The threshold maximising F1 of one class (positive = the class is among the labels)."""
     thresholds, coverage, precision = precision_curve(scores, positive)
@@ -263,7 +247,9 @@ def _check_thresholds(values: Sequence[float]) -> None:
         )
 
 
-def check_decision_params(by_hand: Sequence[float] | None, target: float | None) -> None:
+def check_decision_params(
+    by_hand: Sequence[float] | None, target: float | None, delta: float | None = None
+) -> None:
     if by_hand is not None and target is not None:
         raise ConfigError(
             f"set thresholds=(level1, level2) by hand or target_precision=..., not both "
@@ -271,12 +257,17 @@ def check_decision_params(by_hand: Sequence[float] | None, target: float | None)
         )
     if by_hand is not None:
         _check_thresholds(by_hand)
-    check_target_precision(target)
+    check_target_precision(target, delta)
 
 
-def check_target_precision(target: float | None) -> None:
+def check_target_precision(target: float | None, delta: float | None = None) -> None:
     if target is not None and not 0.0 < float(target) < 1.0:
         raise ConfigError(f"target_precision must be in (0, 1), got {target!r}; e.g. 0.95")
+    if delta is not None and not 0.0 < float(delta) < 1.0:
+        raise ConfigError(
+            f"delta (the chance a certified precision fails) must be in (0, 1), got {delta!r}; "
+            "e.g. 0.1, or None for the point estimate without a guarantee"
+        )
 
 
 def choose_thresholds(
@@ -287,29 +278,36 @@ def choose_thresholds(
     multi_label: bool,
     by_hand: Sequence[float] | None,
     target: float | None,
-) -> Thresholds:
-    """Thresholds from validation scores: by hand if given, else reaching ``target`` precision
-    per level (single-label) or per class (multi-label; F1-optimal per class without a target)."""
-    check_target_precision(target)
+    delta: float | None = None,
+) -> tuple[Thresholds, dict[str, LevelFit]]:
+    """Thresholds from validation scores, and how each level's was fitted: by hand if given,
+    else reaching ``target`` precision per level (certified at ``1 - delta``; the point estimate
+    when ``delta`` is None), or per class when multi-label (F1-optimal without a target)."""
+    check_target_precision(target, delta)
     if by_hand is not None or (target is None and not multi_label):
-        return default_thresholds(by_hand, multi_label, taxonomy)
+        return default_thresholds(by_hand, multi_label, taxonomy), {}
     if multi_label:
-        return _multi_label_thresholds(scores, texts, leaves, taxonomy, target)
-    return _level_thresholds(scores, leaves, np.asarray(taxonomy.leaf_category), float(target))
+        return _multi_label_thresholds(scores, texts, leaves, taxonomy, target), {}
+    return _level_thresholds(scores, leaves, np.asarray(taxonomy.leaf_category), float(target), delta)
 
 
 def _level_thresholds(
-    scores: Scores, leaves: np.ndarray, leaf_category: np.ndarray, target: float
-) -> Thresholds:
-    """Each level on its own: the lowest threshold whose answers reach ``target`` precision.
+    scores: Scores, leaves: np.ndarray, leaf_category: np.ndarray, target: float, delta: float | None
+) -> tuple[Thresholds, dict[str, LevelFit]]:
+    """Each level on its own: the lowest threshold whose answers reach ``target`` precision
+    (``certified_threshold``: with probability ``1 - delta`` on new rows of this distribution).
 
     Level 1 is chosen over every row, not only those the level-2 threshold rejects: on a
     validation split the model nearly always gets right, the rejected rows are too few to say
     anything, while the category confidence of all rows still is.
     """
-    level2 = threshold_for_precision(scores.conf2, scores.leaves == leaves, target)
-    level1 = threshold_for_precision(scores.conf1, scores.categories == leaf_category[leaves], target)
-    return Thresholds(level1, level2)
+    choose = point_threshold if delta is None else certified_threshold
+    bound = DecisionConfig.delta if delta is None else delta  # the bound printed beside a point estimate
+    fits = {
+        "level1": choose(scores.conf1, scores.categories == leaf_category[leaves], target, bound),
+        "level2": choose(scores.conf2, scores.leaves == leaves, target, bound),
+    }
+    return Thresholds(fits["level1"].threshold, fits["level2"].threshold), fits
 
 
 def _multi_label_thresholds(
@@ -348,6 +346,89 @@ def _others(P: np.ndarray, positives: np.ndarray, top: np.ndarray) -> tuple[np.n
     P, positives = P.copy(), positives.copy()
     P[k, top], positives[k, top] = -1.0, False
     return P, positives
+
+
+# ---- what the thresholds were fitted on --------------------------------------------------
+# people's labels are the only ones that can verify a threshold; "llm:<model>" and "synthetic:..."
+# rows are the labeler's or the generator's guesses (shelver.data's ``source`` column)
+HUMAN = "human"
+# human labels of long texts are likely product titles, not queries: fashion's titles have a
+# median of 6 words, WANDS's real queries 2; thresholds fitted on titles overshoot on queries
+TITLE_LIKE_WORDS = 5
+
+
+def served_rows(source: Sequence[str]) -> np.ndarray:
+    """The rows that may set thresholds: the human-labeled ones when there are any, else all.
+
+    Pseudo-labels never set a threshold when real labels exist."""
+    human = np.array([s == HUMAN for s in source], dtype=bool)
+    return human if human.any() else np.ones(len(source), dtype=bool)
+
+
+def provenance(
+    texts: Sequence[str],
+    source: Sequence[str],
+    used: np.ndarray,
+    target: float | None,
+    delta: float | None,
+    fits: dict[str, LevelFit],
+) -> dict[str, Any]:
+    """``fitted_on``: the rows that set the temperatures and thresholds, and what they promise."""
+    kept = _counts(source, used)
+    words = [len(t.split()) for t, u in zip(texts, used, strict=True) if u]
+    return {
+        "rows": int(used.sum()),
+        "sources": kept,
+        "left_out": _counts(source, ~used),
+        "human": set(kept) == {HUMAN},
+        "median_words": float(np.median(words)) if words else 0.0,
+        "target_precision": target,
+        "delta": delta if fits else None,
+        "method": next(iter(fits.values())).method if fits else None,
+        "levels": {level: fit.to_dict() for level, fit in fits.items()},
+    }
+
+
+def _counts(values: Sequence[str], mask: np.ndarray) -> dict[str, int]:
+    chosen = [v for v, m in zip(values, mask, strict=True) if m]
+    return {v: chosen.count(v) for v in sorted(set(chosen))}
+
+
+def describe_fitted_on(fitted_on: dict[str, Any] | None) -> str:
+    """One line on what the thresholds promise: the report, ``predict``, ``/v1/model`` and the
+    end of ``bootstrap`` all print this."""
+    if not fitted_on:
+        return "thresholds unverified: not calibrated (every level answered, or thresholds set by hand)"
+    if fitted_on.get("target_precision") is None:
+        return f"calibrated on {fitted_on.get('rows', fitted_on.get('n', 0)):,} rows; no target precision"
+    if not fitted_on.get("human"):
+        sources = ", ".join(f"{n:,} {s}" for s, n in fitted_on.get("sources", {}).items())
+        return (
+            f"thresholds unverified: fitted on machine labels ({sources}), "
+            "not people's labels of real queries"
+        )
+    levels = "; ".join(_level_line(k, v) for k, v in fitted_on.get("levels", {}).items())
+    guarantee = f", delta {fitted_on['delta']}" if fitted_on.get("method") == "certified" else ""
+    line = f"thresholds fitted on {fitted_on['rows']:,} human-labeled rows{guarantee}: {levels}"
+    if fitted_on.get("median_words", 0) > TITLE_LIKE_WORDS:
+        line += (
+            f" (median {fitted_on['median_words']:.0f} words: if these are product titles, "
+            "precision on short queries will be lower; calibrate on labeled queries)"
+        )
+    return line
+
+
+def _level_line(level: str, fit: dict[str, Any]) -> str:
+    name = level.replace("level", "L")
+    if not fit["certified"]:
+        need = fit.get("labels_needed")
+        more = f"about {need:,} labeled rows would" if need else "more labels alone would not"
+        return f"{name} abstains (the target is not certified on {fit['rows']:,} rows; {more})"
+    what = "certified" if fit["method"] == "certified" else "point estimate"
+    return (
+        f"{name} {what} precision {fit['precision']:.3f} (lower bound {fit['lower_bound']:.3f}) "
+        f"at coverage {fit['coverage']:.3f}"
+    )
 
 
 # ---- model directory form -----------------------------------------------------------------

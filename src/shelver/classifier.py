@@ -19,7 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from shelver.calibration import Calibration, check_decision_params, choose_thresholds, default_thresholds
+from shelver.calibration import (
+    HUMAN,
+    Calibration,
+    check_decision_params,
+    choose_thresholds,
+    default_thresholds,
+    provenance,
+    served_rows,
+)
+from shelver.config import DecisionConfig
 from shelver.decisions import (
     DECISIONS,
     Prediction,
@@ -118,6 +127,9 @@ class HierarchicalClassifier(ParamsMixin):
         (default) answers every level (``(0.25, 0.25)`` for a multi-label model).
     target_precision : instead of hand thresholds, choose them on the validation split given
         to ``calibrate`` so that each level reaches this precision (per class if multi-label).
+    delta : with ``target_precision``, each level's threshold is certified: its precision on new
+        rows of the calibration distribution reaches the target with probability ``1 - delta``
+        (``shelver.certify``). ``None`` takes the point estimate, with no guarantee.
     multi_label : identical texts with different labels are one text with several paths;
         predictions are every path above its class threshold.
     lexical : also give the heads sparse TF-IDF word and character n-grams beside the embedding
@@ -139,6 +151,7 @@ class HierarchicalClassifier(ParamsMixin):
         progress: bool = False,
         thresholds: tuple[float, float] | None = None,
         target_precision: float | None = None,
+        delta: float | None = DecisionConfig.delta,
         multi_label: bool = False,
         lexical: bool = False,
         lexical_options: dict[str, Any] | None = None,
@@ -155,6 +168,7 @@ class HierarchicalClassifier(ParamsMixin):
         self.progress = progress
         self.thresholds = thresholds
         self.target_precision = target_precision
+        self.delta = delta
         self.multi_label = multi_label
         self.lexical = lexical
         self.lexical_options = lexical_options
@@ -169,7 +183,7 @@ class HierarchicalClassifier(ParamsMixin):
                 "HierarchicalClassifier needs taxonomy=Taxonomy.load(...); "
                 "the tree is never inferred from the labels"
             )
-        check_decision_params(self.thresholds, self.target_precision)
+        check_decision_params(self.thresholds, self.target_precision, self.delta)
         texts, labels = _as_texts(X), _as_labels(y, self.taxonomy)
         if len(texts) != len(labels):
             raise DataError(f"X has {len(texts):,} texts but y has {len(labels):,} rows")
@@ -306,39 +320,51 @@ class HierarchicalClassifier(ParamsMixin):
         return answered, codes
 
     # ---- calibration and thresholds -----------------------------------------------------
-    def calibrate(self, X: Sequence[str], y: Any) -> HierarchicalClassifier:
+    def calibrate(
+        self, X: Sequence[str], y: Any, source: Sequence[str] | None = None
+    ) -> HierarchicalClassifier:
         """Fit temperatures on validation data and, with ``target_precision``, the thresholds.
 
-        Re-tunes a fitted model without retraining it; the arg-max prediction never changes.
+        ``source`` is each row's provenance (``data.source``; ``None``: every row is a person's
+        label). Where some rows are human-labeled, only those fit: machine labels never set a
+        threshold when real labels exist. Re-tunes a fitted model without retraining it; the
+        arg-max prediction never changes.
         """
         self._check_fitted()
-        check_decision_params(self.thresholds, self.target_precision)
         texts, labels = _as_texts(X), _as_labels(y, self.taxonomy_)
+        source = [HUMAN] * len(texts) if source is None else _as_source(source, len(texts))
         if self.multi_label_:
-            texts, labels = merge_multi_label(texts, labels)
-        leaves = np.array([self.taxonomy_.leaf_index[tuple(row)] for row in labels])
-        raw = self.head_proba(self.features(texts))
-        leaf_category = np.asarray(self.taxonomy_.leaf_category)
+            texts, labels, source = _merged_sources(texts, labels, source)
+        return self.calibrate_scores(self.head_proba(self.features(texts)), texts, labels, source)
+
+    def calibrate_scores(
+        self, raw: tuple[np.ndarray, np.ndarray], texts: list[str], labels: np.ndarray, source: Sequence[str]
+    ) -> HierarchicalClassifier:
+        """``calibrate`` from raw head probabilities of the rows (e.g. scored out of fold)."""
+        check_decision_params(self.thresholds, self.target_precision, self.delta)
+        used = served_rows(source)
+        texts_used = [t for t, u in zip(texts, used, strict=True) if u]
+        leaves = np.array([self.taxonomy_.leaf_index[tuple(row)] for row in labels[used]])
+        raw = (raw[0][used], raw[1][used])
+        leaf_category = self.taxonomy_.leaf_category_array
         self.calibration_ = Calibration.fit(*raw, leaves, leaf_category, self.head_.leaf_first)
-        self.thresholds_ = choose_thresholds(
+        self.thresholds_, fits = choose_thresholds(
             self._scores(raw),
-            texts,
+            texts_used,
             leaves,
             self.taxonomy_,
             self.multi_label_,
             self.thresholds,
             self.target_precision,
+            self.delta,
         )
-        self.calibrated_on_ = {
-            "n": len(texts),
-            "fingerprint": _fingerprint(texts, labels),
-            "target_precision": self.target_precision,
-        }
+        fitted_on = provenance(texts, source, used, self.target_precision, self.delta, fits)
+        self.calibrated_on_ = {"fingerprint": _fingerprint(texts_used, labels[used]), **fitted_on}
         return self
 
     def _init_decisions(self) -> None:
         """After ``fit``: identity calibration, thresholds from the parameters."""
-        check_decision_params(self.thresholds, self.target_precision)
+        check_decision_params(self.thresholds, self.target_precision, self.delta)
         self.multi_label_ = bool(self.multi_label)
         self.calibration_ = Calibration(leaf_first=self.head_.leaf_first)
         self.thresholds_ = default_thresholds(self.thresholds, self.multi_label_, self.taxonomy_)
@@ -402,14 +428,28 @@ def _as_labels(y: Any, taxonomy: Taxonomy) -> np.ndarray:
     return labels
 
 
+def _as_source(source: Sequence[str], n: int) -> list[str]:
+    if isinstance(source, str) or len(source) != n:
+        got = "one string" if isinstance(source, str) else f"{len(source):,} values"
+        raise DataError(f"source must hold one value per row of X ({n:,}), got {got}; pass data.source")
+    return [str(s) for s in source]
+
+
 def _real_rows(source: Sequence[str] | None, n: int) -> np.ndarray:
     """True for each row that is not synthetic (every row when there is no ``source``)."""
     if source is None:
         return np.ones(n, dtype=bool)
-    if isinstance(source, str) or len(source) != n:
-        got = "one string" if isinstance(source, str) else f"{len(source):,} values"
-        raise DataError(f"source must hold one value per row of X ({n:,}), got {got}; pass data.source")
-    return np.array([not str(s).startswith("synthetic") for s in source], dtype=bool)
+    return np.array([not s.startswith("synthetic") for s in _as_source(source, n)], dtype=bool)
+
+
+def _merged_sources(
+    texts: list[str], labels: np.ndarray, source: list[str]
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """``merge_multi_label``; a merged (text, path) is human-labeled when any of its rows was."""
+    human = {(t, tuple(p)) for t, p, s in zip(texts, labels, source, strict=True) if s == HUMAN}
+    texts, labels = merge_multi_label(texts, labels)
+    merged = [HUMAN if (t, tuple(p)) in human else "machine" for t, p in zip(texts, labels, strict=True)]
+    return texts, labels, merged
 
 
 def _merged(

@@ -76,6 +76,11 @@ class HeadConfig:
 class DecisionConfig:
     # None answers every level; a precision (e.g. 0.95) picks the thresholds on --valid
     target_precision: float | None = None
+    # each threshold's precision holds with probability 1 - delta on new rows of --valid's
+    # distribution (shelver.certify); None takes the point estimate, with no guarantee. 0.1 is
+    # MAPIE's usual risk level; with 300 labeled queries it keeps most of the point estimate's
+    # coverage (benchmarks/results/real_query_confidence.md)
+    delta: float | None = 0.1
     # off: a text's duplicates with other labels stay separate single-label rows
     multi_label: bool = False
 

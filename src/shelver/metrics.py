@@ -150,7 +150,7 @@ ECE_BINS = 15
 
 def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> dict[str, list[float]]:
     """Answering the most confident rows first: coverage, risk (1 - precision) and threshold."""
-    from shelver.calibration import precision_curve
+    from shelver.certify import precision_curve
 
     thresholds, coverage, precision = precision_curve(confidence, correct)
     return {"threshold": thresholds.tolist(), "coverage": coverage.tolist(), "risk": (1 - precision).tolist()}
@@ -160,7 +160,7 @@ def coverage_at_precision(
     confidence: np.ndarray, correct: np.ndarray, targets: Sequence[float] = PRECISION_TARGETS
 ) -> dict[str, float]:
     """The largest share of rows answerable at each precision (thresholds set on these rows)."""
-    from shelver.calibration import precision_curve
+    from shelver.certify import precision_curve
 
     _, coverage, precision = precision_curve(confidence, correct)
     out = {}

@@ -40,6 +40,7 @@ def build_model(config: TrainConfig, taxonomy: Taxonomy, progress: bool = True) 
         random_state=config.seed,
         progress=progress,
         target_precision=config.decision.target_precision,
+        delta=config.decision.delta,
         multi_label=config.decision.multi_label,
         lexical=config.lexical.enabled,
         lexical_options=config.lexical.options() if config.lexical.enabled else None,
@@ -69,7 +70,7 @@ def train_model(
         config = _with_finetuned_encoder(config, taxonomy, data, valid, workdir, progress)
     # synthetic rows train but stay out of train_counts_: the report's bands count real rows
     model = build_model(config, taxonomy, progress).fit(data.texts, data.y, source=data.source)
-    return model.calibrate(valid.texts, valid.y) if valid is not None else model
+    return model.calibrate(valid.texts, valid.y, valid.source) if valid is not None else model
 
 
 def wants_finetune(encoder: EncoderConfig, workdir: str | Path | None) -> bool:

@@ -138,7 +138,7 @@ def calibrate(
     if target_precision is not None or thresholds is not None:
         model.set_params(target_precision=target_precision, thresholds=_parse_thresholds(thresholds))
     valid = read_labeled(valid_path, model.taxonomy_)
-    model.calibrate(valid.texts, valid.y)
+    model.calibrate(valid.texts, valid.y, valid.source)
     model.save(model_dir)
     t = model.thresholds_
     click.echo(
