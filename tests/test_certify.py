@@ -19,6 +19,7 @@ from shelver.certify import (
     precision_lower_bound,
 )
 from shelver.errors import ConfigError
+from shelver.metrics import hierarchical_risk_coverage
 
 
 @pytest.mark.parametrize(
@@ -123,3 +124,18 @@ def test_delta_none_takes_the_point_estimate_and_bad_delta_is_refused(taxonomy, 
         ConfigError, match=r"delta \(the chance a certified precision fails\) must be in \(0, 1\)"
     ):
         model.set_params(delta=1.5).calibrate(*xy(tiny_frames["valid"]))
+
+
+def test_hierarchical_risk_coverage_climbs_from_the_leaf_to_the_category():
+    rng = np.random.default_rng(0)
+    conf1 = rng.uniform(0.5, 1.0, 500)
+    conf2 = conf1 * rng.uniform(0.3, 1.0, 500)  # a path is never surer than its category
+    right1 = rng.random(500) < conf1
+    right2 = right1 & (rng.random(500) < conf2 / conf1)
+    curve = hierarchical_risk_coverage(conf1, conf2, right1, right2)
+    coverage, risk = np.array(curve["coverage"]), np.array(curve["risk"])
+    assert np.all(np.diff(coverage) >= 0) and coverage[-1] == 1.0  # the lowest threshold answers all
+    assert risk[-1] == pytest.approx(1 - (right1.sum() + right2.sum()) / 1000)
+    assert 0 < curve["aurc"] < risk[-1]  # confident answers first: the area is below the final risk
+    perfect = hierarchical_risk_coverage(conf1, conf2, np.ones(500, bool), np.ones(500, bool))
+    assert perfect["aurc"] == 0.0 and max(perfect["risk"]) == 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import f1_score
@@ -154,6 +155,29 @@ def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> dict[str, list
 
     thresholds, coverage, precision = precision_curve(confidence, correct)
     return {"threshold": thresholds.tolist(), "coverage": coverage.tolist(), "risk": (1 - precision).tolist()}
+
+
+def hierarchical_risk_coverage(
+    conf1: np.ndarray, conf2: np.ndarray, right1: np.ndarray, right2: np.ndarray, points: int = 200
+) -> dict[str, Any]:
+    """Back-off along the taxonomy with one threshold ``t`` for both levels: the full path when
+    its confidence reaches ``t``, else the category when its does, else abstain.
+
+    Coverage is the share of levels answered (a full path 1, a category 1/2); risk the share of
+    answered levels that are wrong. The curve over ``points`` thresholds (quantiles of the
+    confidences), and its area (AURC, lower is better), after Goren et al., "Hierarchical
+    Selective Classification" (NeurIPS 2024).
+    """
+    grid = np.unique(np.quantile(np.r_[conf1, conf2], np.linspace(0, 1, points)))[::-1]
+    right1, right2 = np.asarray(right1, dtype=np.int64), np.asarray(right2, dtype=np.int64)
+    full = conf2[None, :] >= grid[:, None]
+    category = ~full & (conf1[None, :] >= grid[:, None])
+    levels = 2 * full.sum(axis=1) + category.sum(axis=1)
+    right = (full * (right1 + right2)[None, :] + category * right1[None, :]).sum(axis=1)
+    coverage = levels / max(2 * len(conf1), 1)
+    risk = np.where(levels > 0, 1 - right / np.maximum(levels, 1), 0.0)
+    area = float(np.sum(np.diff(coverage) * (risk[1:] + risk[:-1]) / 2))
+    return {"threshold": grid.tolist(), "coverage": coverage.tolist(), "risk": risk.tolist(), "aurc": area}
 
 
 def coverage_at_precision(

@@ -7,7 +7,8 @@ from typing import Any
 
 from shelver.errors import ConfigError
 
-LEVEL_COLOURS = {"level1": "#1f77b4", "level2": "#d62728"}
+# "hierarchical": the back-off curve, one threshold for both levels (metrics.hierarchical_risk_coverage)
+LEVEL_COLOURS = {"level1": "#1f77b4", "level2": "#d62728", "hierarchical": "#2ca02c"}
 
 
 def _pyplot() -> Any:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shelver import metrics as m
+from shelver.calibration import describe_fitted_on
 from shelver.data import label_sets
 from shelver.taxonomy import format_path
 
@@ -77,8 +78,14 @@ def add_confidence_metrics(
     metrics["selective"] = {lv: m.selective_metrics(conf[lv], correct[lv], answered[lv]) for lv in conf}
     metrics["thresholds"] = {"level1": model.thresholds_.level1, "level2": model.thresholds_.level2}
     metrics["decisions"] = {d: int(np.sum(decisions == d)) for d in ("full", "category", "abstain")}
-    metrics["calibration"] = {"fitted_on": model.calibrated_on_}
-    evaluation.curves = {lv: _thin(m.risk_coverage(conf[lv], correct[lv])) for lv in conf}
+    fitted_on = model.calibrated_on_
+    metrics["calibration"] = {"fitted_on": fitted_on, "summary": describe_fitted_on(fitted_on)}
+    backoff = m.hierarchical_risk_coverage(
+        conf["level1"], conf["level2"], correct["level1"], correct["level2"]
+    )
+    metrics["hierarchical_aurc"] = backoff["aurc"]
+    evaluation.curves["hierarchical"] = _thin({k: backoff[k] for k in ("threshold", "coverage", "risk")})
+    evaluation.curves.update({lv: _thin(m.risk_coverage(conf[lv], correct[lv])) for lv in conf})
     evaluation.reliability = {
         lv: {"before": m.reliability(raw[lv], correct[lv]), "after": m.reliability(conf[lv], correct[lv])}
         for lv in conf
@@ -203,6 +210,11 @@ def confidence_table(metrics: dict[str, Any]) -> str:
             f"{metrics['ece_before_calibration'][level]:.3f} | {metrics['ece'][level]:.3f} | "
             f"{metrics['thresholds'][level]:.3f} | {sel['coverage']:.3f} | {sel['selective_accuracy']:.3f} |"
         )
+    lines += [
+        "",
+        f"Back-off risk-coverage area (one threshold, full path then category): "
+        f"{metrics['hierarchical_aurc']:.4f} (lower is better).",
+    ]
     if "multi_label" in metrics:
         ml = metrics["multi_label"]
         lines += [
@@ -218,6 +230,8 @@ def confidence_table(metrics: dict[str, Any]) -> str:
 def render_markdown(evaluation: Evaluation, title: str) -> str:
     worst = sorted(evaluation.per_class, key=lambda r: (r["f1"], -r["support"]))[:15]
     lines = [f"# {title}", "", summary_table(evaluation.metrics), ""]
+    if "calibration" in evaluation.metrics:
+        lines += [f"**Thresholds**: {evaluation.metrics['calibration']['summary']}.", ""]
     if evaluation.metrics.get("by_band") or evaluation.metrics.get("by_source"):
         lines += [
             "## Slices: frequency band (training rows) and source",
