@@ -15,6 +15,11 @@ from typing import Any
 
 from shelver.errors import ConfigError
 
+# the head kinds and routers a configuration may name (shelver.heads registers the same names;
+# a test pins the two together, so this module stays free of NumPy)
+HEAD_KINDS = ("flat", "masked", "per_group")
+ROUTERS = ("categories", "leaves")
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -58,18 +63,35 @@ class EncoderConfig:
             )
 
 
+# "auto" leaves a setting to the selection on validation data (shelver.selection); any other
+# value fixes it, from a config file, --set or Python
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class HeadConfig:
-    # per-group beats one global classifier (the project's first lesson); flat/masked to compare
-    kind: str = "per_group"
-    # mild regularisation suits normalised 384-d embeddings with tens of thousands of rows
+    # "auto": chosen on valid between flat and per_group (leaves router), the two heads that won a
+    # measurement (benchmarks/results/heads.md, router.md, representation.md); masked never won
+    kind: str = AUTO
+    # mild regularisation suits normalised 384-d embeddings with tens of thousands of rows; C=10
+    # had the best valid L2 accuracy of the C grid (representation_valid.md)
     C: float = 10.0
-    # None keeps accuracy on head classes; "balanced" trades some of it for the tail
-    class_weight: str | None = None
+    # "auto": chosen on valid between None (best grocery valid L2 accuracy) and "balanced" (best
+    # fashion valid macro-F1, +0.4 points of its tail) (representation_valid.md)
+    class_weight: str | None = AUTO
     # lbfgs converges within this on embeddings; raise it if sklearn warns
     max_iter: int = 300
-    # per_group's router; "leaves" sums a subcategory softmax per category (see heads.LeafSumRouter)
-    router: str = "categories"
+    # per_group's router; "auto" is "leaves", a subcategory softmax summed per category: grocery
+    # test L1 0.819 vs 0.759 with a softmax over categories ("categories"; router.md)
+    router: str = AUTO
+
+    def __post_init__(self) -> None:
+        if self.kind not in (AUTO, *HEAD_KINDS):
+            raise ConfigError(f"head.kind is one of {', '.join((AUTO, *HEAD_KINDS))}, got {self.kind!r}")
+        if self.router not in (AUTO, *ROUTERS):
+            raise ConfigError(f"head.router is one of {', '.join((AUTO, *ROUTERS))}, got {self.router!r}")
+        if self.class_weight not in (AUTO, None, "balanced"):
+            raise ConfigError(f'head.class_weight is "auto", "none" or "balanced", got {self.class_weight!r}')
 
 
 @dataclass(frozen=True)
@@ -87,8 +109,10 @@ class DecisionConfig:
 
 @dataclass(frozen=True)
 class LexicalConfig:
-    # TF-IDF n-grams beside the embedding (shelver.features); off keeps the embedding-only model
-    enabled: bool = False
+    # TF-IDF n-grams beside the embedding (shelver.features); "auto" is on: they won every
+    # measurement (frozen MiniLM, flat: grocery test L2 0.720 -> 0.768, fashion macro-F1 0.876 ->
+    # 0.898; representation.md), so the selection never trains a model without them
+    enabled: bool | str = AUTO
     # caps keep the heads' weights serveable (classes x features float32): a flat head over 138
     # subcategories is 138 x 50k x 4 B = 28 MB. With min_df=2 fashion has 13.5k word / 30.4k char
     # n-grams and grocery 21.5k / 39.6k: the caps bind only a little here and bound larger catalogues
@@ -98,6 +122,10 @@ class LexicalConfig:
     min_df: int = 2
     # the lexical block's scale against the unit-length embedding
     weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.enabled not in (True, False, AUTO):
+            raise ConfigError(f'lexical.enabled is true, false or "auto" (on), got {self.enabled!r}')
 
     def options(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -130,6 +158,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, value = _parse_override(item)
         _set_dotted(values, key, value)
     return _build(TrainConfig, values, "")
+
+
+def config_default(key: str) -> Any:
+    """The default of a dotted key (``"decision.target_precision"``): what a CLI option mirrors."""
+    node: Any = TrainConfig()
+    for part in key.split("."):
+        if not hasattr(node, part):
+            raise ConfigError(f"unknown config key {key!r}")
+        node = getattr(node, part)
+    return node
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -58,7 +58,11 @@ class LinearSoftmax:
         return self.weights.T
 
     @classmethod
-    def fit(cls, X: Any, y: np.ndarray, options: LinearOptions) -> LinearSoftmax:
+    def fit(
+        cls, X: Any, y: np.ndarray, options: LinearOptions, init: LinearSoftmax | None = None
+    ) -> LinearSoftmax:
+        """``init``: a model of the same classes to start the solver from (the model selection
+        starts the balanced fit from the unweighted one, which is near and converges sooner)."""
         classes = np.unique(y)
         if len(classes) == 1:
             return cls(classes, np.zeros((1, X.shape[1]), np.float32), np.zeros(1, np.float32))
@@ -69,7 +73,11 @@ class LinearSoftmax:
             class_weight=options.class_weight,
             max_iter=options.max_iter,
             random_state=options.random_state,
-        ).fit(training_matrix(X), y)
+            warm_start=init is not None,
+        )
+        if init is not None and len(classes) > 2 and np.array_equal(init.classes, classes):
+            model.coef_, model.intercept_ = init.coef.astype(np.float64), init.intercept.astype(np.float64)
+        model.fit(training_matrix(X), y)
         coef, intercept = model.coef_, model.intercept_
         if len(classes) == 2:  # sklearn keeps one row for two classes: make it symmetric
             coef = np.vstack([-coef / 2, coef / 2])
@@ -247,13 +255,22 @@ class PerGroupHead(Head):
     name = "per_group"
 
     def fit(
-        self, X: np.ndarray, leaves: np.ndarray, options: LinearOptions, progress: bool = False
+        self,
+        X: np.ndarray,
+        leaves: np.ndarray,
+        options: LinearOptions,
+        progress: bool = False,
+        router: LinearSoftmax | LeafSumRouter | None = None,
     ) -> PerGroupHead:
+        """``router``: one already fitted on the same rows; the model selection passes the flat
+        head's leaf model as the leaf-sum router (the same fit) instead of fitting it twice."""
         categories, X = self.leaf_category[leaves], training_matrix(X)
         self.groups: dict[int, LinearSoftmax] = {}
         self._fused = None
         with _steps(1 + len(self.taxonomy.categories), "per-group heads", progress) as bar:
-            self.router = _fit_router(X, leaves, self.leaf_category, options)
+            self.router = (
+                router if router is not None else _fit_router(X, leaves, self.leaf_category, options)
+            )
             bar.update()
             for c in range(len(self.taxonomy.categories)):
                 rows = categories == c

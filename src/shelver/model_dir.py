@@ -9,6 +9,7 @@ MODEL_DIR/
   calibration.json   temperatures and decision thresholds (fitted on the validation split)
   lexical.json       the TF-IDF vocabularies and options, when the model uses lexical features
   lexical.safetensors  their idf weights
+  selection.json     how train_model chose the head on valid: every candidate's score (when it chose)
   encoder/           a copy of a local encoder (fine-tuned, or a static table), when not built in
   onnx/              the encoder exported by 'shelver export' (listed under "exports" and hashed)
 ```
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 HASHED_FILES = ("config.json", "taxonomy.json", "heads.safetensors", "calibration.json")
 LEXICAL_FILES = ("lexical.json", "lexical.safetensors")
+SELECTION_FILE = "selection.json"
 ONNX_DIR = "onnx"
 # which encoder a loaded model runs: as trained, the ONNX export, or whichever is torch-free
 ENCODER_CHOICES = ("saved", "onnx", "serving")
@@ -58,7 +60,7 @@ def save_model(model: HierarchicalClassifier, path: str | Path) -> Path:
     save_file(arrays, str(out / "heads.safetensors"))
     _write_json(out / "config.json", {"params": _params(model), "encoder": _encoder_entry(model, out)})
     _write_json(out / "calibration.json", _calibration_entry(model))
-    extra = _save_lexical(model, out)
+    extra = _save_lexical(model, out) + _save_selection(model, out)
     manifest = _manifest(model, out, extra)
     _keep_exports(manifest, previous, out, model.encoder_.fingerprint())
     _write_json(out / "manifest.json", manifest)
@@ -138,6 +140,16 @@ def _save_lexical(model: HierarchicalClassifier, out: Path) -> tuple[str, ...]:
     return tuple(lexical.save(out)) if lexical is not None else ()
 
 
+def _save_selection(model: HierarchicalClassifier, out: Path) -> tuple[str, ...]:
+    """``selection_`` (set by ``train_model`` when it chose the head) as ``selection.json``."""
+    selection = getattr(model, "selection_", None)
+    (out / SELECTION_FILE).unlink(missing_ok=True)
+    if selection is None:
+        return ()
+    _write_json(out / SELECTION_FILE, selection)
+    return (SELECTION_FILE,)
+
+
 def _manifest(model: HierarchicalClassifier, out: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     from shelver import __version__
 
@@ -200,6 +212,8 @@ def _build(
         model, manifest, head_cls.from_arrays(trained_on, load_file(str(root / "heads.safetensors"))), root
     )
     model.lexical_ = _load_lexical(root, params)
+    selection = root / SELECTION_FILE
+    model.selection_ = json.loads(selection.read_text()) if selection.is_file() else None
     if runtime is not None:
         model.encoder_ = runtime
     return model

@@ -2,7 +2,8 @@
 
 Stages plug in here, so ``shelver train`` and the Python API build models the same way:
 fine-tune the encoder (``encoder.finetune``; its head is discarded), then fit the heads on the
-new embeddings, joined with lexical features when ``lexical.enabled``.
+new embeddings, joined with lexical features when ``lexical.enabled``. Settings left at ``"auto"``
+(the defaults) are chosen on validation data by ``shelver.selection``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from pathlib import Path
 
 from shelver.classifier import HierarchicalClassifier
-from shelver.config import EncoderConfig, TrainConfig
+from shelver.config import AUTO, EncoderConfig, TrainConfig
 from shelver.data import LabeledData
 from shelver.errors import ConfigError
 from shelver.model_dir import TORCH_FREE_PREFIXES
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def build_model(config: TrainConfig, taxonomy: Taxonomy, progress: bool = True) -> HierarchicalClassifier:
-    """An unfitted estimator with every parameter taken from ``config``."""
+    """An unfitted estimator with every parameter taken from ``config`` (no ``"auto"`` left)."""
+    _check_resolved(config)
     encoder_options = (
         {}
         if config.encoder.name.startswith("hashing")
@@ -66,11 +68,44 @@ def train_model(
             "a target precision needs validation data to choose thresholds on "
             "(never the training data): pass --valid FILE"
         )
+    from shelver.selection import needs_selection, resolve_fixed, select_and_fit
+
     if wants_finetune(config.encoder, workdir):
         config = _with_finetuned_encoder(config, taxonomy, data, valid, workdir, progress)
+    config = resolve_fixed(config)
     # synthetic rows train but stay out of train_counts_: the report's bands count real rows
-    model = build_model(config, taxonomy, progress).fit(data.texts, data.y, source=data.source)
+    if needs_selection(config):  # the head and class weights chosen on valid; selection_ says how
+        model = select_and_fit(config, taxonomy, data, valid, progress)
+    else:
+        model = build_model(config, taxonomy, progress).fit(data.texts, data.y, source=data.source)
     return model.calibrate(valid.texts, valid.y, valid.source) if valid is not None else model
+
+
+def resolved_config(config: TrainConfig, model: HierarchicalClassifier) -> TrainConfig:
+    """``config`` with each ``"auto"`` replaced by what ``train_model`` chose for ``model``."""
+    head = dataclasses.replace(
+        config.head, kind=model.head, router=model.router, class_weight=model.class_weight
+    )
+    lexical = dataclasses.replace(config.lexical, enabled=bool(model.lexical))
+    return dataclasses.replace(config, head=head, lexical=lexical)
+
+
+def _check_resolved(config: TrainConfig) -> None:
+    left = [
+        key
+        for key, value in (
+            ("head.kind", config.head.kind),
+            ("head.router", config.head.router),
+            ("head.class_weight", config.head.class_weight),
+            ("lexical.enabled", config.lexical.enabled),
+        )
+        if value == AUTO
+    ]
+    if left:
+        raise ConfigError(
+            f'{", ".join(left)} = "auto" is chosen on validation data by train_model; '
+            "call shelver.training.train_model, or set a value (e.g. head.kind=flat)"
+        )
 
 
 def wants_finetune(encoder: EncoderConfig, workdir: str | Path | None) -> bool:
