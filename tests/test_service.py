@@ -154,12 +154,11 @@ def test_reload_under_load_never_fails_a_request(hashing_model_dir, tmp_path, ta
     from shelver import HierarchicalClassifier
 
     texts, y = tiny_xy
-    other = (
-        HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing:256").fit(texts, y).save(tmp_path / "b")
-    )
+    HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing:256").fit(texts, y).save(tmp_path / "b")
+    served = Path(shutil.copytree(hashing_model_dir, tmp_path / "a"))
     broken = Path(shutil.copytree(hashing_model_dir, tmp_path / "broken"))
     (broken / "heads.safetensors").write_bytes(b"tampered")
-    server = ServerProcess(hashing_model_dir).wait_ready()
+    server = ServerProcess(served, env={"SHELVER_ADMIN_TOKEN": "s3cret"}).wait_ready()
     try:
         failures, versions, stop = [], set(), threading.Event()
 
@@ -174,13 +173,14 @@ def test_reload_under_load_never_fails_a_request(hashing_model_dir, tmp_path, ta
         threads = [threading.Thread(target=hammer) for _ in range(4)]
         for thread in threads:
             thread.start()
-        with httpx.Client(base_url=server.url, timeout=30.0) as admin:
+        auth = {"authorization": "Bearer s3cret"}
+        with httpx.Client(base_url=server.url, timeout=30.0, headers=auth) as admin:
             first = admin.get("/v1/model").json()["version"]
-            swapped = admin.post("/admin/reload", json={"model": str(other)})
-            refused = admin.post("/admin/reload", json={"model": str(broken)})
+            swapped = admin.post("/admin/reload", json={"model": "b"})
+            refused = admin.post("/admin/reload", json={"model": "broken"})
             still = admin.get("/v1/model").json()["version"]
             time.sleep(0.3)
-            back = admin.post("/admin/reload", json={"model": str(hashing_model_dir)})
+            back = admin.post("/admin/reload", json={"model": "a"})
             time.sleep(0.3)
         stop.set()
         for thread in threads:
@@ -241,6 +241,8 @@ def test_admin_token_guards_reload(hashing_model_dir):
         assert http.post("/admin/reload").status_code == 401
         ok = http.post("/admin/reload", headers={"authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json()["reloaded"]
+    with TestClient(create_app(Settings(model=hashing_model_dir))) as http:  # no token: admin is off
+        assert http.post("/admin/reload").status_code == 403
 
 
 # ---- settings and timeouts (in process) ---------------------------------------------------
@@ -256,6 +258,9 @@ def test_settings_from_the_environment(tmp_path):
     with pytest.raises(ConfigError, match="SHELVER_THREADS must be positive"):
         get_settings({"SHELVER_MODEL": "m", "SHELVER_THREADS": "0"})
     assert get_settings({"SHELVER_MODEL": "m", "SHELVER_INLINE_MS": "0"}).inline_ms == 0
+    rooted = get_settings({"SHELVER_MODEL": str(tmp_path / "m"), "SHELVER_MODELS_ROOT": str(tmp_path)})
+    assert rooted.models_root == tmp_path and rooted.reload_root() == tmp_path.resolve()
+    assert settings.reload_root() == tmp_path.resolve().parent  # default: the served model's parent
     with pytest.raises(ConfigError, match="SHELVER_INLINE_MS must be 0 or more"):
         get_settings({"SHELVER_MODEL": "m", "SHELVER_INLINE_MS": "-1"})
 

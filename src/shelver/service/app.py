@@ -6,7 +6,7 @@ GET  /v1/model      taxonomy, version, thresholds, training fingerprint, export 
 GET  /healthz       the process is alive
 GET  /readyz        a model is loaded and answering
 GET  /metrics       Prometheus
-POST /admin/reload  {"model": DIR} or {}: swap in a model directory; a broken one is refused
+POST /admin/reload  {"model": DIR} or {}: swap in a model directory (admin.py: off without a token)
 ```
 The model is loaded once, in ``lifespan`` (or handed in already loaded); SIGHUP reloads it.
 A client's mistake is a 4xx with a message, never a 500.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -25,13 +24,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.types import ASGIApp
 
 from shelver import __version__
+from shelver.service.admin import add_admin, reload_audited
 from shelver.service.guard import FastRoute, GuardMiddleware
 from shelver.service.metrics import ServiceMetrics
-from shelver.service.schemas import ReloadRequest, classify_request_model
+from shelver.service.responses import error, json_response, parse
+from shelver.service.schemas import classify_request_model
 from shelver.service.settings import Settings, get_settings
 from shelver.service.slot import ModelSlot, ReloadError, Served
 
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None, served: Served | None = None) -
     app.guard = {"settings": settings, "metrics": metrics, "fast_routes": fast}
     _add_classify(app, slot, schema, answer)
     _add_probes(app, slot, metrics)
-    _add_admin(app, slot, metrics, settings)
+    add_admin(app, slot, metrics, settings)
     return app
 
 
@@ -92,7 +93,7 @@ def _on_sighup(slot: ModelSlot, metrics: ServiceMetrics) -> bool:
 
     async def reload_logged() -> None:
         with contextlib.suppress(ReloadError):  # refused: logged and counted, the old model stays
-            await _reload_and_count(slot, metrics, None)
+            await reload_audited(slot, metrics, None, False, "sighup")
 
     def reload() -> None:
         task = asyncio.ensure_future(reload_logged())
@@ -104,18 +105,6 @@ def _on_sighup(slot: ModelSlot, metrics: ServiceMetrics) -> bool:
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests), or Windows
         return False
     return True
-
-
-async def _reload_and_count(slot: ModelSlot, metrics: ServiceMetrics, path: str | None) -> Served:
-    try:
-        new, old = await slot.reload(path)
-    except ReloadError as err:
-        metrics.reloads.labels("refused").inc()
-        log.error("reload refused, still serving the previous model: %s", err)
-        raise
-    metrics.reloads.labels("ok").inc()
-    metrics.serving(new.version, old.version if old else None)
-    return new
 
 
 def _freeze_heap() -> None:
@@ -132,20 +121,20 @@ def _freeze_heap() -> None:
 def _classify_answer(slot: ModelSlot, metrics: ServiceMetrics, schema: type[BaseModel]) -> FastRoute:
     async def answer(body: bytes) -> Response:
         served = slot.current  # held to the end: a reload never swaps the model mid-request
-        parsed = _parse(schema, body)
+        parsed = parse(schema, body)
         if isinstance(parsed, Response):
             return parsed
         try:
             predictions, hits = await slot.classify(served, parsed.texts())  # type: ignore[arg-type]
         except TimeoutError:
-            return _error(
+            return error(
                 503,
                 f"classification took longer than {slot.settings.request_timeout:g} s; "
                 "retry, or send fewer queries per request",
             )
         metrics.observe_predictions(predictions, hits)
         payload = predictions[0] if parsed.query is not None else {"predictions": predictions}  # type: ignore[attr-defined]
-        return _json(payload, headers={"x-shelver-model": served.version})  # type: ignore[union-attr]
+        return json_response(payload, headers={"x-shelver-model": served.version})  # type: ignore[union-attr]
 
     return answer
 
@@ -161,7 +150,7 @@ def _add_classify(app: FastAPI, slot: ModelSlot, schema: type[BaseModel], answer
     @app.get("/v1/model")
     async def model_info() -> Response:
         """The served model: taxonomy, version, thresholds, training fingerprint."""
-        return _json(slot.current.info)  # type: ignore[union-attr]
+        return json_response(slot.current.info)  # type: ignore[union-attr]
 
 
 def _add_probes(app: FastAPI, slot: ModelSlot, metrics: ServiceMetrics) -> None:
@@ -174,54 +163,11 @@ def _add_probes(app: FastAPI, slot: ModelSlot, metrics: ServiceMetrics) -> None:
     async def readyz() -> Response:
         """A model is loaded and answers (readiness)."""
         if slot.current is None:
-            return _error(503, "no model loaded yet")
-        return _json({"status": "ready", "version": slot.current.version})
+            return error(503, "no model loaded yet")
+        return json_response({"status": "ready", "version": slot.current.version})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         """Prometheus text format."""
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
-
-
-def _add_admin(app: FastAPI, slot: ModelSlot, metrics: ServiceMetrics, settings: Settings) -> None:
-    body_doc = {"content": {"application/json": {"schema": ReloadRequest.model_json_schema()}}}
-
-    @app.post("/admin/reload", openapi_extra={"requestBody": body_doc}, response_class=Response)
-    async def reload(request: Request) -> Response:
-        """Swap in a model directory atomically; a broken one is refused and the old one kept."""
-        if settings.admin_token and request.headers.get("authorization") != f"Bearer {settings.admin_token}":
-            return _error(401, "admin endpoints need 'Authorization: Bearer <SHELVER_ADMIN_TOKEN>'")
-        parsed = _parse(ReloadRequest, await request.body() or b"{}")
-        if isinstance(parsed, Response):
-            return parsed
-        previous = slot.current.version if slot.current else None
-        try:
-            new = await _reload_and_count(slot, metrics, parsed.model)  # type: ignore[attr-defined]
-        except ReloadError as err:
-            return _error(422, f"reload refused, still serving version {previous}: {err}")
-        return _json(
-            {"reloaded": True, "version": new.version, "previous": previous, "model_dir": str(new.path)}
-        )
-
-
-# ---- helpers ----------------------------------------------------------------------------
-def _parse(schema: type[BaseModel], body: bytes) -> BaseModel | Response:
-    """Validate a JSON body; any mistake is a 422 naming the first problem."""
-    try:
-        return schema.model_validate_json(body)
-    except ValidationError as err:
-        errors = err.errors(include_url=False, include_context=False, include_input=False)
-        first = errors[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        message = first["msg"].removeprefix("Value error, ")
-        return _error(422, f"{where}: {message}", errors=errors)
-
-
-def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
-
-
-def _error(status: int, detail: str, **extra: Any) -> Response:
-    return _json({"detail": detail, **extra}, status=status)

@@ -54,4 +54,9 @@ class ReloadRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    model: str | None = Field(None, min_length=1, max_length=4096, description="A model directory.")
+    model: str | None = Field(
+        None, min_length=1, max_length=4096, description="A model directory under the models root."
+    )
+    allow_taxonomy_change: bool = Field(
+        False, description="Swap in a model trained on another taxonomy (clients get other categories)."
+    )

@@ -23,6 +23,7 @@ def run_server(model: Path, host: str, port: int, workers: int, log_level: str =
         "log_level": log_level,
         "access_log": False,
         "timeout_keep_alive": 30,
+        "log_config": _log_config(),
     }
     if workers <= 1:
         from shelver.service.app import create_app
@@ -33,3 +34,15 @@ def run_server(model: Path, host: str, port: int, workers: int, log_level: str =
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="shelver-metrics-"))
     del served
     uvicorn.run("shelver.service.app:create_app", factory=True, workers=workers, **options)
+
+
+def _log_config() -> dict:
+    """uvicorn's logging, plus shelver's own lines through the same handler: at INFO whatever
+    --log-level says, since every reload attempt must leave its audit line."""
+    from copy import deepcopy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = deepcopy(LOGGING_CONFIG)
+    config["loggers"]["shelver"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config

@@ -41,8 +41,15 @@ class Settings:
     inline_ms: float = 2.0
     # answers kept for repeated queries, per model (search logs repeat their head queries); 0 = none
     cache_size: int = 10_000
-    # when set, /admin/* needs 'Authorization: Bearer <token>'
+    # /admin/* is off (403) until this is set; then it needs 'Authorization: Bearer <token>'
     admin_token: str | None = None
+    # POST /admin/reload loads only directories under this one (no '..', no symlink out of it);
+    # unset: the served model's parent directory, where its sibling versions usually live
+    models_root: Path | None = None
+
+    def reload_root(self) -> Path:
+        """The resolved directory that reloads must stay under."""
+        return (self.models_root or self.model.resolve().parent).resolve()
 
 
 def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -62,7 +69,7 @@ def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 def _parse(name: str, kind: str, raw: str) -> object:
     variable = PREFIX + name.upper()
-    if kind == "Path":
+    if kind.startswith("Path"):
         return Path(raw)
     if kind.startswith("str"):
         return raw

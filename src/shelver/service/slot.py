@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,17 @@ SMOKE_QUERY = "shelver readiness check"
 
 
 class ReloadError(ShelverError, ValueError):
-    """A model directory could not be loaded to replace the served one."""
+    """A reload was refused: the directory is not allowed, does not load, or changes the taxonomy.
+
+    ``str(err)`` is for the server's log; ``public`` is what the client is told, without server
+    paths; ``status`` is the HTTP status; ``version`` the refused model's version, when it loaded.
+    """
+
+    def __init__(
+        self, message: str, public: str | None = None, status: int = 422, version: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.public, self.status, self.version = public or message, status, version
 
 
 @dataclass(frozen=True)
@@ -93,8 +104,14 @@ class ModelSlot:
         work = loop.run_in_executor(self.executor, _classify, served.model, texts)
         return await asyncio.wait_for(work, self.settings.request_timeout)
 
-    async def reload(self, path: str | Path | None = None) -> tuple[Served, Served | None]:
-        """Swap in ``path`` (default: the served directory, read again); return (new, old)."""
+    async def reload(
+        self, path: str | Path | None = None, allow_taxonomy_change: bool = False
+    ) -> tuple[Served, Served | None]:
+        """Swap in ``path`` (default: the served directory, read again); return (new, old).
+
+        A model trained on another taxonomy would change the categories clients get: it is
+        refused unless ``allow_taxonomy_change``.
+        """
         self._reloading = self._reloading or asyncio.Lock()
         async with self._reloading:  # two reloads at once would race on which one wins
             old = self.current
@@ -103,13 +120,36 @@ class ModelSlot:
                 new = await asyncio.to_thread(self.load, target)
             except Exception as err:  # any failure keeps the old model: a broken one is refused
                 reason = str(err) if isinstance(err, ShelverError) else f"{type(err).__name__}: {err}"
-                raise ReloadError(f"cannot load {target}: {reason}") from None
+                message = f"cannot load {target}: {reason}"
+                raise ReloadError(message, redact(message, self.settings.reload_root())) from None
+            if old is not None and not allow_taxonomy_change:
+                check_taxonomy_kept(old, new)
             self.current = new
             log.info("serving %s (version %s)", new.path, new.version)
             return new, old
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def check_taxonomy_kept(old: Served, new: Served) -> None:
+    before, after = old.info["taxonomy"]["hash"], new.info["taxonomy"]["hash"]
+    if before != after:
+        message = (
+            f"the new model was trained on another taxonomy (hash {after[:12]}, served {before[:12]}): "
+            'clients would get other categories; send "allow_taxonomy_change": true to swap it in anyway'
+        )
+        raise ReloadError(message, status=409, version=new.version)
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.>])/[^\s'\",;:()]+")
+
+
+def redact(message: str, root: Path) -> str:
+    """``message`` without server paths: the models root becomes ``<models root>``, any other
+    absolute path ``<path>`` (load errors name files; clients must not learn the layout)."""
+    message = message.replace(str(root), "<models root>")
+    return _ABSOLUTE_PATH.sub("<path>", message)
 
 
 def load_served(path: str | Path, threads: int | None = 1, cache_size: int = 0) -> Served:
