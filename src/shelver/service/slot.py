@@ -189,7 +189,7 @@ def describe(model: Any, root: Path) -> dict[str, Any]:
     taxonomy = model.taxonomy_
     return {
         "version": model_version(root),
-        "model_dir": str(root),
+        "model_dir": root.name,  # the name only: a public route does not show the server's layout
         "created": manifest.get("created"),
         "shelver_version": manifest.get("shelver_version"),
         "taxonomy": {"name": taxonomy.name, "hash": taxonomy.hash, **taxonomy.to_dict()},
