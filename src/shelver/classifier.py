@@ -192,7 +192,7 @@ class HierarchicalClassifier(ParamsMixin):
             texts, labels, real = _merged(texts, labels, real)
         leaves = np.array([self.taxonomy.leaf_index[tuple(row)] for row in labels])
         self.taxonomy_ = self.taxonomy
-        self.encoder_ = self._build_encoder()
+        self.encoder_ = self.build_encoder()
         embeddings = self.encoder_.encode(texts, progress=self.progress)
         self.lexical_ = self._fit_lexical(texts)
         self.head_: Head = make_head(self.head, self.taxonomy).fit(
@@ -204,7 +204,8 @@ class HierarchicalClassifier(ParamsMixin):
         self._init_decisions()
         return self
 
-    def _build_encoder(self) -> Encoder:
+    def build_encoder(self) -> Encoder:
+        """The ``encoder`` parameter as a ``CachedEncoder`` (each distinct text embedded once)."""
         encoder = make_encoder(self.encoder, **(self.encoder_options or {}))
         return encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder)
 

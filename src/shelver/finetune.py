@@ -386,7 +386,7 @@ def end_to_end_model(
     head.leaf_model = result.head
     leaves = _leaf_indices(train, taxonomy)
     model.taxonomy_, model.head_, model.lexical_ = taxonomy, head, None
-    model.encoder_ = model._build_encoder()
+    model.encoder_ = model.build_encoder()
     model.train_counts_ = np.bincount(leaves, minlength=len(taxonomy))
     model.train_fingerprint_ = _fingerprint(train.texts, train.y)
     model.classes_ = level_classes(taxonomy)

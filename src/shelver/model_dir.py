@@ -345,7 +345,7 @@ def _restore(model: HierarchicalClassifier, manifest: dict[str, Any], head: Any,
     taxonomy = model.taxonomy
     counts = manifest["training"]["counts"]
     model.taxonomy_ = taxonomy
-    model.encoder_ = model._build_encoder()
+    model.encoder_ = model.build_encoder()
     model.head_ = head
     model.train_counts_ = np.array([counts.get(format_path(p), 0) for p in taxonomy.paths])
     model.train_fingerprint_ = manifest["training"]["fingerprint"]
