@@ -42,6 +42,8 @@ def evaluate(model: HierarchicalClassifier, data: LabeledData) -> Evaluation:
     result = m.classification_metrics(data.y, candidates, counts)
     result["by_band"] = m.band_metrics(data.y, candidates, counts)
     result["model"] = {"head": model.head, "encoder": model.encoder_.spec, "multi_label": model.multi_label_}
+    if getattr(model, "selection_", None) is not None:  # how train_model chose the head
+        result["model"]["selection"] = model.selection_
     sources = np.array(data.source)
     if len(set(sources)) > 1:  # real, LLM-labeled and synthetic traffic are measured apart
         result["by_source"] = {
@@ -227,9 +229,38 @@ def confidence_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def selection_table(selection: dict[str, Any]) -> str:
+    """Every candidate ``train_model`` scored, the chosen one marked, and per_group's margin."""
+    lines = [
+        f"Chosen on {selection['scored_on']} ({selection['n_scored']:,} rows) by "
+        f"{selection['metric'].replace('_', ' ')}; the first fit includes encoding and the vocabulary "
+        "that every candidate reuses.",
+        "",
+        "| | head | class weights | L2 acc | L2 macro-F1 | L1 acc | fit s |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    chosen = selection["chosen"]
+    for row in selection["candidates"]:
+        mark = "chosen" if all(row[k] == v for k, v in chosen.items()) else ""
+        head = row["head"] + (f" ({row['router']} router)" if row.get("router") else "")
+        lines.append(
+            f"| {mark} | {head} | {row['class_weight'] or 'none'} | {row['level2_accuracy']:.4f} | "
+            f"{row['level2_macro_f1']:.4f} | {row['level1_accuracy']:.4f} | {row['fit_seconds']:.1f} |"
+        )
+    margin = selection.get("per_group_minus_flat")
+    if margin is not None:
+        verdict = f"won by {margin * 100:.2f}" if margin > 0 else f"lost by {-margin * 100:.2f}"
+        verdict = verdict if margin else "tied"
+        lines += ["", f"per_group {verdict} points against flat (best of each, {selection['metric']})."]
+    return "\n".join(lines)
+
+
 def render_markdown(evaluation: Evaluation, title: str) -> str:
     worst = sorted(evaluation.per_class, key=lambda r: (r["f1"], -r["support"]))[:15]
     lines = [f"# {title}", "", summary_table(evaluation.metrics), ""]
+    selection = evaluation.metrics.get("model", {}).get("selection")
+    if selection:
+        lines += ["## Model selection", "", selection_table(selection), ""]
     if "calibration" in evaluation.metrics:
         lines += [f"**Thresholds**: {evaluation.metrics['calibration']['summary']}.", ""]
     if evaluation.metrics.get("by_band") or evaluation.metrics.get("by_source"):

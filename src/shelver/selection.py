@@ -102,12 +102,13 @@ def select_and_fit(
     base.fit(fit_on.texts, fit_on.y, source=fit_on.source)
     shared = time.perf_counter() - start  # encoding, the vocabulary and the first head
     models, rows = _score_candidates(base, config, options, fit_on, scored_on)
+    rows[0]["fit_seconds"] = round(shared, 2)
     best = max(range(len(rows)), key=lambda i: rows[i][METRIC])  # ties: the earlier, cheaper one
     model = models[best]
     if valid is None:  # refit the winner on every training row, reusing the encoder's cache
         model = build_model(options[best].apply(config), taxonomy, progress).set_params(encoder=base.encoder_)
         model.fit(data.texts, data.y, source=data.source)
-    model.selection_ = _record(rows, best, scored_on, valid is None, shared, time.perf_counter() - start)
+    model.selection_ = _record(rows, best, scored_on, valid is None, time.perf_counter() - start)
     return model
 
 
@@ -238,7 +239,6 @@ def _record(
     best: int,
     scored_on: LabeledData,
     held_out: bool,
-    shared: float,
     seconds: float,
 ) -> dict[str, Any]:
     """What ``selection.json`` holds: every candidate's scores and the choice."""
@@ -250,9 +250,8 @@ def _record(
         "chosen": {k: rows[best][k] for k in ("head", "router", "class_weight")},
         "candidates": rows,
         "per_group_minus_flat": _per_group_margin(rows),
-        # the first candidate's fit encodes the data and builds the vocabulary that every candidate
-        # reuses; each later candidate's fit_seconds is its head alone
-        "first_fit_seconds": round(shared, 1),
+        # the first candidate's fit_seconds include encoding the data and building the vocabulary,
+        # which every candidate reuses; each later candidate's is its head alone
         "seconds": round(seconds, 1),
     }
 

@@ -35,6 +35,33 @@ def main() -> None:
     """Put every search query on the right shelf of a category > subcategory taxonomy."""
 
 
+class ConfigOption(click.Option):
+    """An option that mirrors a configuration key: its default is the dataclass default (one home;
+    a test pins every ConfigOption to it), and only a value given on the command line overrides
+    the key, so a config file's value is never replaced by a default."""
+
+    def __init__(self, *args: object, config_key: str, **kwargs: object) -> None:
+        from shelver.config import config_default
+
+        self.config_key = config_key
+        kwargs.setdefault("default", config_default(config_key))
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def given_overrides(ctx: click.Context) -> tuple[str, ...]:
+    """``key=value`` for each ConfigOption the user gave on the command line (TOML values)."""
+    out = []
+    for param in ctx.command.params:
+        given = ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE
+        if isinstance(param, ConfigOption) and given:
+            out.append(f"{param.config_key}={_toml_value(ctx.params[param.name])}")
+    return tuple(out)
+
+
+def _toml_value(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 # options several commands share, spelled once
 taxonomy_option = click.option(

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from shelver.cli.common import existing_file, main, model_option, taxonomy_option, train_option
+from shelver.cli.common import (
+    ConfigOption,
+    existing_file,
+    given_overrides,
+    main,
+    model_option,
+    taxonomy_option,
+    train_option,
+)
 
 
 @main.command()
@@ -22,10 +30,18 @@ from shelver.cli.common import existing_file, main, model_option, taxonomy_optio
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option(
     "--target-precision",
+    cls=ConfigOption,
+    config_key="decision.target_precision",
     type=float,
     help="Choose thresholds on --valid so each level reaches this precision (e.g. 0.95).",
 )
-@click.option("--multi-label", is_flag=True, help="Texts may have several paths ('A > B | C > D').")
+@click.option(
+    "--multi-label",
+    cls=ConfigOption,
+    config_key="decision.multi_label",
+    is_flag=True,
+    help="Texts may have several paths ('A > B | C > D').",
+)
 def train(
     taxonomy_path: Path,
     train_path: Path,
@@ -37,13 +53,16 @@ def train(
     target_precision: float | None,
     multi_label: bool,
 ) -> None:
-    """Train a hierarchical classifier (calibrated on --valid when given) and save it to --out."""
+    """Train a hierarchical classifier (calibrated on --valid when given) and save it to --out.
+
+    Settings left at "auto" (the head, its class weights) are chosen on --valid, or on a held-out
+    tenth of --train without it; selection.json in --out lists every candidate's score."""
     from shelver.config import load_config
     from shelver.data import read_labeled
     from shelver.taxonomy import Taxonomy
     from shelver.training import train_model
 
-    overrides += _decision_overrides(target_precision, multi_label)
+    overrides += given_overrides(click.get_current_context())
     config = load_config(config_path, overrides)
     taxonomy = Taxonomy.load(taxonomy_path)
     data = read_labeled(train_path, taxonomy)
@@ -52,7 +71,11 @@ def train(
     config.write(out / "train_config.json")  # written before anything runs
     model = train_model(config, taxonomy, data, progress=not quiet, valid=valid, workdir=out)
     model.save(out)
-    click.echo(f"saved model to {out} ({len(data):,} training rows, head={config.head.kind})", err=True)
+    if getattr(model, "selection_", None) is not None:
+        from shelver.report import selection_table
+
+        click.echo(f"model selection:\n{selection_table(model.selection_)}\n")
+    click.echo(f"saved model to {out} ({len(data):,} training rows, head={model.head})", err=True)
     if valid is not None:
         _evaluate_and_print(model, valid, out / "valid")
 
@@ -116,11 +139,6 @@ def _evaluate_and_print(model, data, out: Path) -> None:
 
 
 # ---- issue 4: calibration, thresholds, decisions ---------------------------------------------
-def _decision_overrides(target_precision: float | None, multi_label: bool) -> tuple[str, ...]:
-    extra = () if target_precision is None else (f"decision.target_precision={target_precision}",)
-    return extra + (("decision.multi_label=true",) if multi_label else ())
-
-
 @main.command()
 @model_option
 @click.option("--valid", "valid_path", required=True, type=existing_file, help="Labeled validation data.")
@@ -210,7 +228,8 @@ def finetune(
 @click.option(
     "--encoder",
     "source",
-    default="minilm",
+    cls=ConfigOption,
+    config_key="encoder.name",
     show_default=True,
     help="The sentence-transformers model to distill: 'minilm' or a local directory (e.g. a fine-tuned one).",
 )

@@ -1,0 +1,178 @@
+"""The defaults: "auto" settings chosen on valid, explicit ones kept, the record saved and hashed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from shelver import load_model
+from shelver.config import HEAD_KINDS, ROUTERS, TrainConfig, load_config
+from shelver.data import LabeledData
+from shelver.errors import ConfigError, ModelDirError
+from shelver.heads import HEADS
+from shelver.report import evaluate, render_markdown
+from shelver.selection import HOLDOUT_SHARE, candidates, holdout, resolve_fixed
+from shelver.training import build_model, resolved_config, train_model
+
+
+def as_data(frame, origin: str = "t") -> LabeledData:
+    y = frame[["category", "subcategory"]].to_numpy().astype(str)
+    return LabeledData(frame["text"].tolist(), y, ["human"] * len(frame), origin)
+
+
+def hashing(*overrides: str) -> TrainConfig:
+    return load_config(None, ["encoder.name=hashing", *overrides])
+
+
+@pytest.fixture(scope="module")
+def chosen(taxonomy, tiny_frames):
+    train, valid = as_data(tiny_frames["train"]), as_data(tiny_frames["valid"])
+    return train_model(hashing(), taxonomy, train, progress=False, valid=valid)
+
+
+def test_defaults_leave_the_head_and_class_weights_to_the_selection():
+    config = TrainConfig()
+    assert (config.head.kind, config.head.router, config.head.class_weight) == ("auto",) * 3
+    assert config.lexical.enabled == "auto"
+    names = [(c.kind, c.router, c.class_weight) for c in candidates(resolve_fixed(config))]
+    assert names == [
+        ("flat", "leaves", None),
+        ("flat", "leaves", "balanced"),
+        ("per_group", "leaves", None),
+        ("per_group", "leaves", "balanced"),
+    ]
+
+
+def test_config_names_match_the_head_registry():
+    assert set(HEAD_KINDS) == set(HEADS)
+    assert set(ROUTERS) == {"categories", "leaves"}
+
+
+def test_every_candidate_is_scored_and_the_best_is_chosen(chosen):
+    record = chosen.selection_
+    assert record["scored_on"] == "valid" and record["n_scored"] == 36 and not record["refit_on_all_train"]
+    assert len(record["candidates"]) == 4
+    scores = [row["level2_accuracy"] for row in record["candidates"]]
+    first_best = record["candidates"][int(np.argmax(scores))]
+    assert record["chosen"] == {k: first_best[k] for k in ("head", "router", "class_weight")}
+    assert chosen.head == record["chosen"]["head"] and chosen.lexical is True
+    flat = max(r["level2_accuracy"] for r in record["candidates"] if r["head"] == "flat")
+    per_group = max(r["level2_accuracy"] for r in record["candidates"] if r["head"] == "per_group")
+    assert record["per_group_minus_flat"] == pytest.approx(per_group - flat)
+    assert chosen.calibrated_on_ is not None  # the winner is calibrated on valid like any model
+
+
+def test_reusing_the_flat_fit_as_the_leaf_sum_router_changes_nothing(taxonomy, tiny_xy):
+    from shelver.encoders import make_encoder
+    from shelver.heads import FlatHead, LeafSumRouter, LinearOptions, PerGroupHead
+
+    texts, y = tiny_xy
+    X = make_encoder("hashing").encode(texts)
+    leaves = np.array([taxonomy.leaf_index[tuple(row)] for row in y])
+    options = LinearOptions(router="leaves")
+    flat = FlatHead(taxonomy).fit(X, leaves, options)
+    shared = PerGroupHead(taxonomy)
+    shared.fit(X, leaves, options, router=LeafSumRouter(flat.leaf_model, shared.membership))
+    alone = PerGroupHead(taxonomy).fit(X, leaves, options)
+    for got, expected in zip(shared.proba(X), alone.proba(X), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_explicit_settings_are_kept_and_only_the_rest_is_chosen(taxonomy, tiny_frames):
+    train, valid = as_data(tiny_frames["train"]), as_data(tiny_frames["valid"])
+    model = train_model(hashing("head.kind=per_group"), taxonomy, train, progress=False, valid=valid)
+    rows = model.selection_["candidates"]
+    assert [(r["head"], r["router"], r["class_weight"]) for r in rows] == [
+        ("per_group", "leaves", None),
+        ("per_group", "leaves", "balanced"),
+    ]
+    assert model.head == "per_group" and model.router == "leaves"
+
+
+def test_a_fully_explicit_configuration_trains_one_model_without_selection(taxonomy, tiny_frames):
+    train = as_data(tiny_frames["train"])
+    config = hashing("head.kind=masked", "head.class_weight=none", "lexical.enabled=false")
+    model = train_model(config, taxonomy, train, progress=False)
+    assert not hasattr(model, "selection_")
+    assert (model.head, model.class_weight, model.lexical) == ("masked", None, False)
+    explicit = build_model(resolve_fixed(config), taxonomy, progress=False).fit(train.texts, train.y)
+    np.testing.assert_array_equal(model.predict(train.texts), explicit.predict(train.texts))
+
+
+def test_without_valid_a_stratified_share_of_train_is_held_out_then_the_winner_refits(taxonomy, tiny_frames):
+    train = as_data(tiny_frames["train"])
+    model = train_model(hashing(), taxonomy, train, progress=False)
+    record = model.selection_
+    assert record["refit_on_all_train"] and record["scored_on"].startswith("10% of train held out")
+    assert record["n_scored"] == 9 * int(14 * HOLDOUT_SHARE)  # one row of each leaf's 14
+    assert model.train_counts_.sum() == len(train)  # refitted on every row
+
+
+def test_holdout_takes_a_share_of_every_subcategory_and_is_deterministic(taxonomy, tiny_frames):
+    from collections import Counter
+
+    import pandas as pd
+
+    train = as_data(pd.concat([tiny_frames["train"], tiny_frames["valid"]], ignore_index=True))
+    rest, held = holdout(train, taxonomy, seed=0)
+    leaves, counts = np.unique([" > ".join(row) for row in held.y], return_counts=True)
+    assert len(leaves) == 9 and set(counts) == {int(18 * HOLDOUT_SHARE)}
+    rows = lambda d: Counter(zip(d.texts, map(tuple, d.y), strict=True))  # noqa: E731
+    assert rows(rest) + rows(held) == rows(train)  # every row on exactly one side
+    assert holdout(train, taxonomy, seed=0)[1].texts == held.texts
+
+
+def test_the_record_is_saved_hashed_and_loaded(chosen, tmp_path):
+    out = chosen.save(tmp_path / "model")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "selection.json" in manifest["files"]
+    assert load_model(out).selection_ == chosen.selection_
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    record = json.loads((copy / "selection.json").read_text())
+    record["chosen"]["head"] = "masked"
+    (copy / "selection.json").write_text(json.dumps(record))
+    with pytest.raises(ModelDirError, match="selection.json was modified after the model was saved"):
+        load_model(copy)
+
+
+def test_a_model_without_selection_leaves_no_stale_record(chosen, taxonomy, tiny_frames, tmp_path):
+    out = chosen.save(tmp_path / "model")
+    train = as_data(tiny_frames["train"])
+    explicit = train_model(
+        hashing("head.kind=flat", "head.class_weight=none"), taxonomy, train, progress=False
+    )
+    explicit.save(out)
+    assert not (out / "selection.json").exists() and load_model(out).selection_ is None
+
+
+def test_the_report_shows_every_candidate_and_the_margin(chosen, tiny_frames):
+    text = render_markdown(evaluate(chosen, as_data(tiny_frames["test"])), "t")
+    assert "## Model selection" in text and text.count("| per_group (leaves router) |") == 2
+    assert "per_group tied" in text or "per_group won by" in text or "per_group lost by" in text
+
+
+def test_resolved_config_names_what_was_chosen(chosen):
+    config = resolved_config(hashing(), chosen)
+    assert config.head.kind == chosen.head and config.lexical.enabled is True
+    assert config.head.class_weight == chosen.class_weight
+
+
+def test_build_model_refuses_auto_and_config_refuses_unknown_values(taxonomy):
+    with pytest.raises(
+        ConfigError, match=r'head.kind, head.router, head.class_weight, lexical.enabled = "auto"'
+    ):
+        build_model(TrainConfig(), taxonomy)
+    with pytest.raises(ConfigError, match=r"head.kind is one of auto, flat, masked, per_group, got 'tree'"):
+        load_config(None, ["head.kind=tree"])
+    with pytest.raises(ConfigError, match=r"head.router is one of auto, categories, leaves, got 'sum'"):
+        load_config(None, ["head.router=sum"])
+    with pytest.raises(
+        ConfigError, match=r'head.class_weight is "auto", "none" or "balanced", got \'equal\''
+    ):
+        load_config(None, ["head.class_weight=equal"])
+    with pytest.raises(ConfigError, match=r'lexical.enabled is true, false or "auto" \(on\), got \'yes\''):
+        load_config(None, ["lexical.enabled=yes"])
