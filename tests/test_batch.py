@@ -84,7 +84,67 @@ def test_decision_columns_flatten_any_prediction_fields():
     assert columns["shelver_subcategory"] == ["Boots", None]
     assert columns["shelver_decision"] == ["path", "parent"]
     assert columns["shelver_reason"] == [None, "low"]
-    assert columns["shelver_paths"] == ['[["x"]]', None]
+    assert columns["shelver_paths"] == [[["x"]], None]  # lists stay lists, never JSON text
+
+
+ARROW_TYPES = {
+    "shelver_category": pa.string(),
+    "shelver_confidence_category": pa.float64(),
+    "shelver_confidence_subcategory": pa.float64(),
+    "shelver_decision": pa.string(),
+    "shelver_paths": pa.list_(pa.list_(pa.string())),
+    "shelver_candidate": pa.list_(pa.string()),
+}
+
+
+def test_output_is_arrow_native_and_round_trips_without_json(hashing_model_dir, queries, tmp_path):
+    queries.to_parquet(tmp_path / "in.parquet")
+    classify_batch(hashing_model_dir, tmp_path / "in.parquet", tmp_path / "out.parquet", progress=False)
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert {name: table.schema.field(name).type for name in ARROW_TYPES} == ARROW_TYPES
+    expected = [p.to_dict() for p in load_model(hashing_model_dir).classify(queries["text"].tolist())]
+    assert table.column("shelver_paths").to_pylist() == [p["paths"] for p in expected]
+    assert table.column("shelver_candidate").to_pylist() == [p["candidate"] for p in expected]
+    assert table.column("shelver_confidence_subcategory").to_pylist() == [
+        p["confidence"][1] for p in expected
+    ]
+
+
+def test_duckdb_reads_the_lists_as_lists(hashing_model_dir, queries, tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    queries.to_parquet(tmp_path / "in.parquet")
+    classify_batch(hashing_model_dir, tmp_path / "in.parquet", tmp_path / "out.parquet", progress=False)
+    sql = (
+        "SELECT id, shelver_candidate[1] AS category, len(shelver_paths) AS n, shelver_paths[1][2] AS leaf "
+        f"FROM read_parquet('{tmp_path / 'out.parquet'}') ORDER BY id"
+    )
+    rows = duckdb.sql(sql).fetchall()
+    expected = [p.to_dict() for p in load_model(hashing_model_dir).classify(queries["text"].tolist())]
+    assert [r[1] for r in rows] == [p["candidate"][0] for p in expected]
+    assert [r[2] for r in rows] == [len(p["paths"]) for p in expected]
+    assert [r[3] for r in rows] == [p["paths"][0][1] if p["paths"] else None for p in expected]
+
+
+def test_csv_output_writes_lists_as_json_text(hashing_model_dir, queries, tmp_path):
+    import json
+
+    queries.to_parquet(tmp_path / "in.parquet")
+    classify_batch(hashing_model_dir, tmp_path / "in.parquet", tmp_path / "out.csv", progress=False)
+    out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    expected = [p.to_dict() for p in load_model(hashing_model_dir).classify(queries["text"].tolist())]
+    assert out["id"].tolist() == queries["id"].tolist()
+    assert [json.loads(v) for v in out["shelver_paths"]] == [p["paths"] for p in expected]
+    assert [json.loads(v) for v in out["shelver_candidate"]] == [p["candidate"] for p in expected]
+    with pytest.raises(ConfigError, match="for a CSV file use --engine local"):
+        classify_batch(hashing_model_dir, tmp_path / "in.parquet", tmp_path / "o.csv", engine="ray")
+
+
+def test_a_first_batch_of_abstentions_still_types_paths_as_lists_of_lists():
+    from shelver.batch import _arrow_type
+
+    assert _arrow_type([[], []], "shelver_paths") == pa.list_(pa.list_(pa.string()))
+    assert _arrow_type([[], None], "shelver_candidate") == pa.list_(pa.string())
+    assert _arrow_type([[["a", "b"]], []], "shelver_paths") == pa.list_(pa.list_(pa.string()))
 
 
 def test_batch_errors_name_the_fix(hashing_model_dir, queries, tmp_path):

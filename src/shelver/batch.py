@@ -2,8 +2,11 @@
 
 Input: a Parquet or CSV file, or a folder of partitions (read in name order). Output: Parquet
 with every input column and the decision columns (``shelver_<level>``,
-``shelver_confidence_<level>``, then any other field of ``Prediction.to_dict()``, such as the
-decision and its reason), rows in input order. The model runs its ONNX export (torch-free).
+``shelver_confidence_<level>`` as float64, then any other field of ``Prediction.to_dict()``:
+the decision and its reason as strings, ``shelver_paths`` as ``list<list<string>>``,
+``shelver_candidate`` as ``list<string>``), rows in input order; a query engine reads the lists
+without parsing JSON. An output ending in ``.csv`` (local engine) is CSV, its list cells JSON
+text. The model runs its ONNX export (torch-free).
 
 The input is cut into shards of ``shard_rows`` consecutive rows, and every shard into batches
 of ``batch_rows``; a batch never straddles two shards, so both engines feed the model the same
@@ -77,6 +80,8 @@ def classify_batch(
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     _check_sizes(batch_rows, shard_rows)
+    if engine == "ray" and Path(output_path).suffix.lower() == ".csv":
+        raise ConfigError("--engine ray writes a folder of Parquet parts; for a CSV file use --engine local")
     source = open_source(Path(input_path), text_column)
     plan = Plan(str(Path(model_dir).resolve()), text_column, batch_rows, shard_rows)
     started = time.perf_counter()
@@ -312,7 +317,7 @@ class BatchClassifier:
         texts = _texts(table, self.text_column)
         columns = decision_columns(self.decisions(texts), self.levels)
         if self.schema is None:  # the first batch fixes the types every later batch is cast to
-            self.schema = pa.schema([(name, _arrow_type(values)) for name, values in columns.items()])
+            self.schema = pa.schema([(name, _arrow_type(values, name)) for name, values in columns.items()])
         for field in self.schema:
             values = columns.get(field.name, [None] * len(texts))
             table = _drop(table, field.name).append_column(field, pa.array(values, type=field.type))
@@ -358,7 +363,7 @@ class Memo:
 
 def decision_columns(predictions: list[dict[str, Any]], levels: list[str]) -> dict[str, list[Any]]:
     """``Prediction.to_dict()`` rows as columns: one per level for the path and the confidence,
-    then every other field (scalars as they are, lists and objects as JSON)."""
+    then every other field as it is (lists stay lists: Arrow list columns, not JSON text)."""
     columns: dict[str, list[Any]] = {}
     for i, level in enumerate(levels):
         columns[f"{PREFIX}{level}"] = [_at(p.get("path"), i) or None for p in predictions]
@@ -366,7 +371,7 @@ def decision_columns(predictions: list[dict[str, Any]], levels: list[str]) -> di
         columns[f"{PREFIX}confidence_{level}"] = [_at(p.get("confidence"), i) for p in predictions]
     others = dict.fromkeys(k for p in predictions for k in p if k not in ("text", "path", "confidence"))
     for key in others:
-        columns[PREFIX + key] = [_scalar(p.get(key)) for p in predictions]
+        columns[PREFIX + key] = [_plain(p.get(key)) for p in predictions]
     return columns
 
 
@@ -374,17 +379,37 @@ def _at(values: Any, i: int) -> Any:
     return values[i] if isinstance(values, list | tuple) and i < len(values) else None
 
 
-def _scalar(value: Any) -> Any:
-    return value if value is None or isinstance(value, str | int | float | bool) else json.dumps(value)
+def _plain(value: Any) -> Any:
+    """Scalars and (nested) lists as they are; anything else (an object) as JSON text."""
+    if value is None or isinstance(value, str | int | float | bool | list | tuple):
+        return value
+    return json.dumps(value)
 
 
-def _arrow_type(values: list[Any]) -> Any:
+# list columns whose first batch may hold only empty lists, which say nothing of their depth
+LIST_DEPTHS = {f"{PREFIX}paths": 2, f"{PREFIX}candidate": 1}  # lists of strings
+
+
+def _arrow_type(values: list[Any], name: str = "") -> Any:
+    """The column's Arrow type, from its first non-empty value: bool, float64, string, or a
+    list of these (``shelver_paths``: ``list<list<string>>``, ``shelver_candidate``: ``list<string>``)."""
     import pyarrow as pa
 
+    if any(isinstance(v, list | tuple) for v in values):
+        items = [x for v in values if isinstance(v, list | tuple) for x in v]
+        if not items and name in LIST_DEPTHS:
+            return _string_lists(LIST_DEPTHS[name])
+        return pa.list_(_arrow_type(items))
     first = next((v for v in values if v is not None), "")
     if isinstance(first, bool):
         return pa.bool_()
     return pa.float64() if isinstance(first, int | float) else pa.string()
+
+
+def _string_lists(depth: int) -> Any:
+    import pyarrow as pa
+
+    return pa.list_(_string_lists(depth - 1)) if depth else pa.string()
 
 
 def _texts(table: Any, column: str) -> list[str]:
@@ -402,14 +427,23 @@ def _drop(table: Any, name: str) -> Any:
 
 
 def write_parquet(tables: Iterable[Any], path: Path) -> int:
-    """Write ``tables`` to ``path`` as one Parquet file and return its rows.
+    """Write ``tables`` to ``path`` as one Parquet file and return its rows; see ``_write_atomically``."""
+    return _write_atomically(tables, path, _write_tables)
 
-    The rows go to a hidden temporary name first, renamed onto ``path`` once complete: a
-    failed or killed job never leaves a half-written file under the real name.
-    """
+
+def write_csv(tables: Iterable[Any], path: Path) -> int:
+    """Write ``tables`` to ``path`` as CSV, for tools that read nothing else. A CSV cell holds no
+    list: list columns (``shelver_paths``, ``shelver_candidate``) are written as JSON text there,
+    ``[["Shoes","Boots"]]``, which every language parses; Parquet keeps them as Arrow lists."""
+    return _write_atomically(tables, path, _write_csv_tables)
+
+
+def _write_atomically(tables: Iterable[Any], path: Path, write: Any) -> int:
+    """The rows go to a hidden temporary name first, renamed onto ``path`` once complete: a
+    failed or killed job never leaves a half-written file under the real name."""
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        rows = _write_tables(tables, partial)
+        rows = write(tables, partial)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -432,6 +466,33 @@ def _write_tables(tables: Iterable[Any], path: Path) -> int:
         if writer is not None:
             writer.close()
     return rows
+
+
+def _write_csv_tables(tables: Iterable[Any], path: Path) -> int:
+    import pyarrow.csv as pacsv
+
+    writer, rows = None, 0
+    try:
+        for table in map(_lists_as_json, tables):
+            writer = writer or pacsv.CSVWriter(str(path), table.schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _lists_as_json(table: Any) -> Any:
+    import pyarrow as pa
+
+    for i, field in enumerate(table.schema):
+        if pa.types.is_list(field.type):
+            text = [
+                None if v is None else json.dumps(v, ensure_ascii=False) for v in table.column(i).to_pylist()
+            ]
+            table = table.set_column(i, pa.field(field.name, pa.string()), pa.array(text, pa.string()))
+    return table
 
 
 def shard_tables(plan: Plan, source: Source, shard: int) -> Iterator[Any]:
@@ -457,8 +518,9 @@ def _run_local(plan: Plan, source: Source, output: Path, progress: bool) -> int:
     shards = range(math.ceil(source.total / plan.shard_rows))
     tables = (t for shard in shards for t in classify.shard(shard_tables(plan, source, shard)))
     output.parent.mkdir(parents=True, exist_ok=True)
+    write = write_csv if output.suffix.lower() == ".csv" else write_parquet
     with _progress(source.total, progress) as bar:
-        return write_parquet(_counted(tables, bar), output)
+        return write(_counted(tables, bar), output)
 
 
 def _counted(tables: Iterable[Any], bar: Any) -> Iterator[Any]:

@@ -76,7 +76,8 @@ def serve(model_dir: Path, host: str, port: int, workers: int, log_level: str) -
     "output_path",
     required=True,
     type=click.Path(path_type=Path),
-    help="Parquet file to write (with --engine ray, a new or empty folder of parts in input order).",
+    help="Parquet file to write, or .csv (lists as JSON text); with --engine ray, a new or empty "
+    "folder of Parquet parts in input order.",
 )
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--text-column", default="text", show_default=True, help="Column holding the queries.")
