@@ -118,3 +118,61 @@ def test_bad_input_is_one_clear_line(model_dir, tiny_files, tmp_path, case, mess
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+# ---- the defaults: one home in the dataclasses, chosen on valid when "auto" ------------------
+def _commands(group):
+    import click
+
+    for command in group.commands.values():
+        yield from _commands(command) if isinstance(command, click.Group) else [command]
+
+
+def test_every_config_option_default_is_its_dataclass_default():
+    """A click option that mirrors a config key has that key's default; a drift fails here."""
+    from shelver.cli import main
+    from shelver.cli.common import ConfigOption
+    from shelver.config import config_default
+
+    mirrored = {
+        param.name: param
+        for command in _commands(main)
+        for param in command.params
+        if isinstance(param, ConfigOption)
+    }
+    for name, param in mirrored.items():
+        assert param.default == config_default(param.config_key), (name, param.config_key)
+    train = {p.name: p for p in main.commands["train"].params}
+    assert {
+        name: getattr(train[name], "config_key", None) for name in ("target_precision", "multi_label")
+    } == {
+        "target_precision": "decision.target_precision",
+        "multi_label": "decision.multi_label",
+    }
+    assert mirrored["source"].config_key == "encoder.name"  # distill --encoder
+
+
+def test_a_config_option_overrides_the_file_only_when_given(tiny_files, tmp_path):
+    from click.testing import CliRunner
+
+    from shelver.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text('[encoder]\nname = "hashing"\n[decision]\ntarget_precision = 0.8\n')
+    common = ["train", "--taxonomy", str(tiny_files["taxonomy"]), "--train", str(tiny_files["train"])]
+    common += ["--valid", str(tiny_files["valid"]), "--config", str(config), "--quiet"]
+    runner = CliRunner()
+    for extra, expected in (([], 0.8), (["--target-precision", "0.9"], 0.9)):
+        out = tmp_path / f"m{expected}"
+        result = runner.invoke(main, [*common, *extra, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        written = json.loads((out / "train_config.json").read_text())
+        assert written["decision"]["target_precision"] == expected
+
+
+def test_train_with_defaults_chooses_the_head_on_valid_and_says_so(model_dir):
+    record = json.loads((model_dir / "selection.json").read_text())
+    assert record["scored_on"] == "valid" and len(record["candidates"]) == 4
+    assert "selection.json" in json.loads((model_dir / "manifest.json").read_text())["files"]
+    assert json.loads((model_dir / "train_config.json").read_text())["head"]["kind"] == "auto"
+    assert "## Model selection" in (model_dir / "valid" / "report.md").read_text()
