@@ -20,11 +20,19 @@ def saved(tmp_path_factory, taxonomy, tiny_xy):
 
 def test_layout_and_manifest(saved, tiny_xy):
     names = sorted(p.name for p in saved.iterdir())
-    assert names == ["calibration.json", "config.json", "heads.safetensors", "manifest.json", "taxonomy.json"]
+    assert names == [
+        "README.md",
+        "calibration.json",
+        "config.json",
+        "heads.safetensors",
+        "manifest.json",
+        "taxonomy.json",
+    ]
     manifest = json.loads((saved / "manifest.json").read_text())
     assert manifest["training"]["n"] == len(tiny_xy[0])
     assert manifest["training"]["counts"]["Tops > Tops"] == 14
-    assert set(manifest["files"]) == {"config.json", "taxonomy.json", "heads.safetensors", "calibration.json"}
+    hashed = {"config.json", "taxonomy.json", "heads.safetensors", "calibration.json", "README.md"}
+    assert set(manifest["files"]) == hashed
     assert json.loads((saved / "config.json").read_text())["params"]["encoder"] == "hashing:256"
 
 

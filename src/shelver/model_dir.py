@@ -12,6 +12,7 @@ MODEL_DIR/
   selection.json     how train_model chose the head on valid: every candidate's score (when it chose)
   encoder/           a copy of a local encoder (fine-tuned, or a static table), when not built in
   onnx/              the encoder exported by 'shelver export' (listed under "exports" and hashed)
+  README.md          the model card (model_card.py): rewritten on save, export and refresh_model_card
 ```
 Loading re-hashes every file and refuses a model whose files changed, or whose taxonomy is
 not the one the caller expects. ``load_model(..., encoder="serving")`` loads without torch.
@@ -63,6 +64,7 @@ def save_model(model: HierarchicalClassifier, path: str | Path) -> Path:
     extra = _save_lexical(model, out) + _save_selection(model, out)
     manifest = _manifest(model, out, extra)
     _keep_exports(manifest, previous, out, model.encoder_.fingerprint())
+    _write_card(out, manifest)
     _write_json(out / "manifest.json", manifest)
     return out
 
@@ -262,6 +264,32 @@ def record_export(root: Path, name: str, files: list[str], info: dict[str, Any])
     for file in files:
         manifest["files"][file] = _sha256(root / file)
     manifest.setdefault("exports", {})[name] = info
+    _write_card(root, manifest)
+    _replace_manifest(root, manifest)
+
+
+def refresh_model_card(root: str | Path) -> Path:
+    """Re-render ``README.md`` after a file it reads changed, e.g. an evaluation written into
+    ``root/valid``; the manifest records its new hash. Returns the card's path."""
+    from shelver.model_card import CARD_FILE
+
+    root = Path(root)
+    manifest = read_manifest(root)
+    _write_card(root, manifest)
+    _replace_manifest(root, manifest)
+    return root / CARD_FILE
+
+
+def _write_card(root: Path, manifest: dict[str, Any]) -> None:
+    """``README.md``, the model card, rendered from the directory's files and hashed into
+    ``manifest`` (which the caller writes) like every other file."""
+    from shelver.model_card import CARD_FILE, render_model_card
+
+    (root / CARD_FILE).write_text(render_model_card(root, manifest), encoding="utf-8")
+    manifest["files"][CARD_FILE] = _sha256(root / CARD_FILE)
+
+
+def _replace_manifest(root: Path, manifest: dict[str, Any]) -> None:
     tmp = root / "manifest.json.tmp"
     _write_json(tmp, manifest)
     tmp.replace(root / "manifest.json")  # atomic: a reader sees the old or the new manifest

@@ -77,7 +77,7 @@ def train(
         click.echo(f"model selection:\n{selection_table(model.selection_)}\n")
     click.echo(f"saved model to {out} ({len(data):,} training rows, head={model.head})", err=True)
     if valid is not None:
-        _evaluate_and_print(model, valid, out / "valid")
+        _evaluate_and_print(model, valid, out / "valid", model_dir=out)
 
 
 @main.command()
@@ -92,7 +92,7 @@ def evaluate(model_dir: Path, data_path: Path, out: Path, taxonomy_path: Path | 
     from shelver.data import read_labeled
 
     model = _load(model_dir, taxonomy_path).set_params(progress=True)
-    _evaluate_and_print(model, read_labeled(data_path, model.taxonomy_), out)
+    _evaluate_and_print(model, read_labeled(data_path, model.taxonomy_), out, model_dir=model_dir)
 
 
 @main.command()
@@ -129,11 +129,15 @@ def _load(model_dir: Path, taxonomy_path: Path | None):
     return load_model(model_dir, taxonomy=taxonomy)
 
 
-def _evaluate_and_print(model, data, out: Path) -> None:
+def _evaluate_and_print(model, data, out: Path, model_dir: Path | None = None) -> None:
     from shelver.report import confidence_table, evaluate, summary_table, write_report
 
     evaluation = evaluate(model, data)
     write_report(evaluation, out, title=f"{data.origin}: {model.head} head")
+    if model_dir is not None and out.resolve().parent == model_dir.resolve():
+        from shelver.model_dir import refresh_model_card
+
+        refresh_model_card(model_dir)  # DIR/valid, DIR/test: the model card shows the figures
     tables = f"{summary_table(evaluation.metrics)}\n\n{confidence_table(evaluation.metrics)}"
     click.echo(f"{data.origin}:\n{tables}\nreport: {out}/report.html")
 
@@ -162,7 +166,7 @@ def calibrate(
     click.echo(
         f"calibrated {model_dir} on {valid.origin}: thresholds {t.level1:.4f} / {t.level2:.4f}", err=True
     )
-    _evaluate_and_print(model, valid, model_dir / "valid")
+    _evaluate_and_print(model, valid, model_dir / "valid", model_dir=model_dir)
 
 
 def _parse_thresholds(text: str | None) -> tuple[float, float] | None:

@@ -18,6 +18,7 @@ def _export_inputs(ctx: RunContext) -> dict[str, Any]:
 def _export_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     target = directory / "model"
     shutil.copytree(ctx.stage_dir("train") / "model", target)
+    _copy_evaluations(ctx, target)
     encoder = ctx.config.train.encoder.name
     if encoder.startswith(TORCH_FREE_PREFIXES):
         note = f"not needed: the encoder {encoder!r} already runs without torch"
@@ -36,3 +37,20 @@ def _export_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     if result.int8_refused is not None:
         summary["int8_refused"] = result.int8_refused.describe()
     return summary
+
+
+# the evaluate stage's sets, as the model card names them: llm_heldout is select's valid split
+CARD_SETS = {"llm_heldout": "valid", "real_sample": "real_sample"}
+
+
+def _copy_evaluations(ctx: RunContext, target: Path) -> None:
+    """The evaluate stage's figures go into the served model, and onto its card (README.md)."""
+    from shelver.model_card import METRICS_FILE
+    from shelver.model_dir import refresh_model_card
+
+    for name, card_name in CARD_SETS.items():
+        metrics = ctx.stage_dir("evaluate") / name / METRICS_FILE
+        if metrics.is_file():
+            (target / card_name).mkdir(exist_ok=True)
+            shutil.copyfile(metrics, target / card_name / METRICS_FILE)
+    refresh_model_card(target)
