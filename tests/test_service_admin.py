@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import TREE, ServerProcess
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from shelver.service.slot import model_version, redact
@@ -192,6 +192,9 @@ def test_fuzzed_admin_requests_never_5xx_nor_swap_unallowed(admin, layout):
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
     @given(method=METHODS, path=PATHS, auth=AUTHS, body=BODY | st.binary(max_size=40))
+    @example("POST", "/admin/reload", f"Bearer {TOKEN}", {"model": "same"})  # allowed swaps always tried
+    @example("POST", "/admin/reload", f"Bearer {TOKEN}", {"model": "other", "allow_taxonomy_change": True})
+    @example("POST", "/admin/reload", f"Bearer {TOKEN}", {"model": "served", "allow_taxonomy_change": True})
     def fuzz(method: str, path: str, auth: str | None, body: dict | bytes) -> None:
         before = admin.get("/v1/model").json()["version"]
         headers = {} if auth is None else {"authorization": auth.encode()}  # any bytes, not only ASCII
