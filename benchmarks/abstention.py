@@ -4,7 +4,7 @@ For fashion and grocery: train the default per_group head on frozen MiniLM embed
 split), calibrate and choose thresholds on valid, report on test: coverage at precision per
 level, ECE before/after calibration, and the precision the valid-chosen thresholds actually
 reach on test. ``fashion_best`` and ``grocery_best`` do the same for the demo configuration
-(examples/fashion/config.toml: frozen MiniLM + lexical TF-IDF, flat head, C=10). Then the
+(benchmarks/configs/frozen_lexical_flat.toml: frozen MiniLM + lexical TF-IDF, flat head, C=10). Then the
 multi-label fashion view (gender x category, 270 leaves): per-class thresholds against top-1
 answers of the same model.
 
@@ -48,7 +48,7 @@ RESULTS = ROOT / "benchmarks" / (".cache" if ROWS else "results")
 STEM = "abstention-smoke" if ROWS else "abstention"
 REPORTS = ROOT / "runs" / STEM
 COMMAND = "PYTHONPATH=src nice python benchmarks/abstention.py"
-BEST_CONFIG = ROOT / "examples" / "fashion" / "config.toml"
+BEST_CONFIG = ROOT / "benchmarks" / "configs" / "frozen_lexical_flat.toml"
 TARGETS = (0.9, 0.95, 0.99)
 ENCODER_OPTIONS = {"max_seq_length": 32, "batch_size": 128}
 

@@ -1,7 +1,8 @@
 """The static encoder (``shelver distill``) against MiniLM through ONNX int8: accuracy and speed.
 
-Three models per data set, each trained as ``shelver train`` trains (``examples/fashion/config.toml``'s
-settings: flat head, C=10, calibrated on valid), only the encoder and the lexical features differ:
+Three models per data set, each trained as ``shelver train`` trains (the settings of
+``benchmarks/configs/frozen_lexical_flat.toml``: flat head, C=10, calibrated on valid), only the
+encoder and the lexical features differ:
 
   minilm + lexical   the demo's model, its encoder exported to ONNX int8 per channel for serving
                      (fp32 where int8 fails the export's 99.5% agreement check, as on grocery)
@@ -46,7 +47,7 @@ from shelver.taxonomy import Taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHELVER_SHARED_DATA", ROOT.parent / "shared" / "data"))
-CONFIG = ROOT / "examples" / "fashion" / "config.toml"
+CONFIG = ROOT / "benchmarks" / "configs" / "frozen_lexical_flat.toml"
 MODELS = {
     "minilm + lexical": ("encoder.name=minilm",),
     "static + lexical": ("encoder.name=static:{static}",),

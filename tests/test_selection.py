@@ -46,6 +46,21 @@ def test_defaults_leave_the_head_and_class_weights_to_the_selection():
     ]
 
 
+def test_the_simplest_candidate_within_one_paired_standard_error_of_the_best_is_chosen():
+    from shelver.selection import _choose
+
+    n = 400
+    base = np.arange(n) < 300  # 0.75
+    near = base.copy()
+    near[300:306], near[:4] = True, False  # 6 rows won, 4 lost: +0.005, paired SE 0.0079
+    far = np.arange(n) < 340  # 40 rows won, none lost: +0.1, far past the noise
+    rows = [{"level2_accuracy": float(c.mean())} for c in (base, near)]
+    assert _choose(rows, [base, near]) == 0
+    assert rows[0]["behind_best"] == 0.005 and rows[0]["behind_best_se"] == pytest.approx(0.0079, abs=1e-4)
+    rows = [{"level2_accuracy": float(c.mean())} for c in (base, near, far)]
+    assert _choose(rows, [base, near, far]) == 2
+
+
 def test_config_names_match_the_head_registry():
     assert set(HEAD_KINDS) == set(HEADS)
     assert set(ROUTERS) == {"categories", "leaves"}

@@ -233,11 +233,11 @@ def selection_table(selection: dict[str, Any]) -> str:
     """Every candidate ``train_model`` scored, the chosen one marked, and per_group's margin."""
     lines = [
         f"Chosen on {selection['scored_on']} ({selection['n_scored']:,} rows) by "
-        f"{selection['metric'].replace('_', ' ')}; the first fit includes encoding and the vocabulary "
-        "that every candidate reuses.",
+        f"{selection['metric'].replace('_', ' ')}: {selection['rule']}. The first fit includes encoding "
+        "and the vocabulary that every candidate reuses.",
         "",
-        "| | head | class weights | L2 acc | L2 macro-F1 | L1 acc | fit s |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| | head | class weights | L2 acc | behind best (SE) | L2 macro-F1 | L1 acc | fit s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     chosen = selection["chosen"]
     for row in selection["candidates"]:
@@ -245,7 +245,8 @@ def selection_table(selection: dict[str, Any]) -> str:
         head = row["head"] + (f" ({row['router']} router)" if row.get("router") else "")
         lines.append(
             f"| {mark} | {head} | {row['class_weight'] or 'none'} | {row['level2_accuracy']:.4f} | "
-            f"{row['level2_macro_f1']:.4f} | {row['level1_accuracy']:.4f} | {row['fit_seconds']:.1f} |"
+            f"{row['behind_best']:.4f} ({row['behind_best_se']:.4f}) | {row['level2_macro_f1']:.4f} | "
+            f"{row['level1_accuracy']:.4f} | {row['fit_seconds']:.1f} |"
         )
     margin = selection.get("per_group_minus_flat")
     if margin is not None:

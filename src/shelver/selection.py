@@ -11,8 +11,10 @@ fits its head on that matrix. A per-group head with the leaf-sum router reuses t
 the same class weights as its router (it is the same fit), so it costs only its group models.
 
 Candidates are scored on ``valid`` by level-2 accuracy: the share of queries put on the right
-shelf, the figure a shop sees. Without ``valid``, a stratified share of train is held out for the
-choice and the winner is refitted on all of train.
+shelf, the figure a shop sees. The first candidate (in the order above: fewer models first) within
+one paired standard error of the best is chosen: a difference smaller than the noise of the scored
+rows is no reason to leave the simpler model. Without ``valid``, a stratified share of train is
+held out for the choice and the winner is refitted on all of train.
 """
 
 from __future__ import annotations
@@ -101,15 +103,37 @@ def select_and_fit(
     base = build_model(options[0].apply(config), taxonomy, progress)
     base.fit(fit_on.texts, fit_on.y, source=fit_on.source)
     shared = time.perf_counter() - start  # encoding, the vocabulary and the first head
-    models, rows = _score_candidates(base, config, options, fit_on, scored_on)
+    models, rows, correct = _score_candidates(base, config, options, fit_on, scored_on)
     rows[0]["fit_seconds"] = round(shared, 2)
-    best = max(range(len(rows)), key=lambda i: rows[i][METRIC])  # ties: the earlier, cheaper one
+    best = _choose(rows, correct)
     model = models[best]
     if valid is None:  # refit the winner on every training row, reusing the encoder's cache
         model = build_model(options[best].apply(config), taxonomy, progress).set_params(encoder=base.encoder_)
         model.fit(data.texts, data.y, source=data.source)
     model.selection_ = _record(rows, best, scored_on, valid is None, time.perf_counter() - start)
     return model
+
+
+def _choose(rows: list[dict[str, Any]], correct: list[np.ndarray]) -> int:
+    """The first candidate whose score is within one paired standard error of the best one's
+    (the standard error of the mean of per-row differences; each row's ``behind_best_se``)."""
+    top = max(range(len(rows)), key=lambda i: float(correct[i].mean()))
+    chosen = top
+    for i in reversed(range(len(rows))):
+        gap = float(correct[top].mean() - correct[i].mean())
+        rows[i]["behind_best"], rows[i]["behind_best_se"] = (
+            round(gap, 4),
+            round(_paired_se(correct[top], correct[i]), 4),
+        )
+        if gap <= rows[i]["behind_best_se"]:
+            chosen = i
+    return chosen
+
+
+def _paired_se(a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error of ``mean(a) - mean(b)`` over the same rows."""
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    return float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
 
 
 def holdout(data: LabeledData, taxonomy: Taxonomy, seed: int) -> tuple[LabeledData, LabeledData]:
@@ -140,14 +164,15 @@ def _score_candidates(
     options: list[Candidate],
     fit_on: LabeledData,
     scored_on: LabeledData,
-) -> tuple[list[HierarchicalClassifier], list[dict[str, Any]]]:
-    """Each candidate's model (``base`` with the candidate's head) and its scores."""
+) -> tuple[list[HierarchicalClassifier], list[dict[str, Any]], list[np.ndarray]]:
+    """Each candidate's model (``base`` with the candidate's head), its scores, and which scored
+    rows it puts on the right leaf."""
     texts, leaves = _training_rows(base, fit_on)
     X = training_matrix(base.join(base.encoder_.encode(texts), texts))  # built once for every head
     scored_features = base.features(scored_on.texts)
     counts = {" > ".join(p): int(n) for p, n in zip(base.taxonomy_.paths, base.train_counts_, strict=True)}
     heads: dict[Candidate, Head] = {options[0]: base.head_}
-    models, rows = [], []
+    models, rows, correct = [], [], []
     for option in options:
         began = time.perf_counter()
         head = heads.get(option) or _fit_head(option, config, base.taxonomy_, X, leaves, heads)
@@ -158,7 +183,8 @@ def _score_candidates(
         scores = classification_metrics(scored_on.y, predicted, counts)
         models.append(model)
         rows.append({**option.to_dict(), **_scores(scores), "fit_seconds": round(seconds, 2)})
-    return models, rows
+        correct.append((predicted == scored_on.y).all(axis=1))
+    return models, rows, correct
 
 
 def _training_rows(base: HierarchicalClassifier, data: LabeledData) -> tuple[list[str], np.ndarray]:
@@ -244,6 +270,7 @@ def _record(
     """What ``selection.json`` holds: every candidate's scores and the choice."""
     return {
         "metric": METRIC,
+        "rule": "the first candidate within one paired standard error of the best",
         "scored_on": f"{HOLDOUT_SHARE:.0%} of train held out per subcategory" if held_out else "valid",
         "n_scored": len(scored_on),
         "refit_on_all_train": held_out,
