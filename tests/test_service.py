@@ -261,6 +261,10 @@ def test_settings_from_the_environment(tmp_path):
     rooted = get_settings({"SHELVER_MODEL": str(tmp_path / "m"), "SHELVER_MODELS_ROOT": str(tmp_path)})
     assert rooted.models_root == tmp_path and rooted.reload_root() == tmp_path.resolve()
     assert settings.reload_root() == tmp_path.resolve().parent  # default: the served model's parent
+    off = get_settings(
+        {"SHELVER_MODEL": "m", "SHELVER_MICROBATCH_QUERIES": "1", "SHELVER_MICROBATCH_WINDOW_MS": "0"}
+    )
+    assert create_app(off).state.slot.batcher is None and create_app(settings).state.slot.batcher is not None
     with pytest.raises(ConfigError, match="SHELVER_INLINE_MS must be 0 or more"):
         get_settings({"SHELVER_MODEL": "m", "SHELVER_INLINE_MS": "-1"})
 

@@ -42,7 +42,8 @@ log = logging.getLogger("shelver.service")
 def create_app(settings: Settings | None = None, served: Served | None = None) -> FastAPI:
     """The app for ``settings`` (default: from ``SHELVER_*``); ``served`` skips loading at start."""
     settings = settings or get_settings()
-    slot, metrics = ModelSlot(settings), ServiceMetrics()
+    metrics = ServiceMetrics()
+    slot = ModelSlot(settings, metrics.model_calls.observe)
     slot.current = served
     app = _GuardedAPI(
         title="shelver",

@@ -42,6 +42,7 @@ LATENCY_BUCKETS = (
     5,
     10,
 )
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 ROUTES = ("/v1/classify", "/v1/model", "/healthz", "/readyz", "/metrics", "/admin/reload")
 
 
@@ -65,6 +66,12 @@ class ServiceMetrics:
             "shelver_decisions", "Queries by decision (abstain, ...)", ["decision"], registry=r
         )
         self.reloads = Counter("shelver_reloads", "Model reloads", ["result"], registry=r)
+        self.model_calls = Histogram(
+            "shelver_model_call_queries",
+            "Distinct queries per model call (micro-batches of concurrent requests)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.model = Gauge(
             "shelver_model_info",
             "The served model (value 1)",

@@ -14,7 +14,7 @@ from pathlib import Path
 from shelver.errors import ConfigError
 
 PREFIX = "SHELVER_"
-ZERO_ALLOWED = {"inline_ms", "cache_size"}  # settings where 0 means "never"
+ZERO_ALLOWED = {"inline_ms", "cache_size", "microbatch_window_ms"}  # settings where 0 means "never"
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,12 @@ class Settings:
     # POST /admin/reload loads only directories under this one (no '..', no symlink out of it);
     # unset: the served model's parent directory, where its sibling versions usually live
     models_root: Path | None = None
+    # micro-batching (service/batcher.py): a request queued while a model call runs waits at most
+    # this long (ms) for company; one that finds the model idle never waits. 0: no waiting (what
+    # queued while a call ran is still classified together)
+    microbatch_window_ms: float = 1.0
+    # at most this many queries per model call, summed over the batched requests; 1 turns it off
+    microbatch_queries: int = 64
 
     def reload_root(self) -> Path:
         """The resolved directory that reloads must stay under."""

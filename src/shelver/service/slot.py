@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from shelver.errors import ShelverError
+from shelver.service.batcher import MicroBatcher, Observe
 from shelver.service.settings import Settings
 
 log = logging.getLogger("shelver.service")
@@ -78,10 +79,11 @@ class AnswerCache:
 
 
 class ModelSlot:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, observe_call: Observe | None = None) -> None:
         self.settings = settings
         self.current: Served | None = None
         self.executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="classify")
+        self.batcher = _batcher(settings, self._run, observe_call)
         self._reloading: asyncio.Lock | None = None
 
     def load(self, path: str | Path) -> Served:
@@ -97,12 +99,20 @@ class ModelSlot:
         return answers, len(texts) - sum(a is None for a in cached)
 
     async def _classify(self, served: Served, texts: list[str]) -> list[dict[str, Any]]:
+        """Through the micro-batcher (with whatever else is queued), or alone when it is off."""
+        if self.batcher is not None:
+            return await self.batcher.classify(served, texts, self.settings.request_timeout)
+        return await self._run(served, texts, self.settings.request_timeout)
+
+    async def _run(
+        self, served: Served, texts: list[str], timeout: float | None = None
+    ) -> list[dict[str, Any]]:
         """Short work runs inline on the event loop (no thread hand-off); the rest on the pool."""
         if len(texts) * served.query_seconds * 1e3 <= self.settings.inline_ms:
             return _classify(served.model, texts)
         loop = asyncio.get_running_loop()
         work = loop.run_in_executor(self.executor, _classify, served.model, texts)
-        return await asyncio.wait_for(work, self.settings.request_timeout)
+        return await asyncio.wait_for(work, timeout)
 
     async def reload(
         self, path: str | Path | None = None, allow_taxonomy_change: bool = False
@@ -130,6 +140,14 @@ class ModelSlot:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _batcher(settings: Settings, run: Any, observe: Observe | None) -> MicroBatcher | None:
+    """One batcher per process, with a batch in flight per classify thread; None when off."""
+    if settings.microbatch_queries <= 1:
+        return None
+    window = settings.microbatch_window_ms / 1e3
+    return MicroBatcher(run, window, settings.microbatch_queries, settings.concurrency, observe)
 
 
 def check_taxonomy_kept(old: Served, new: Served) -> None:
