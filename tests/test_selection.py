@@ -94,6 +94,25 @@ def test_reusing_the_flat_fit_as_the_leaf_sum_router_changes_nothing(taxonomy, t
     alone = PerGroupHead(taxonomy).fit(X, leaves, options)
     for got, expected in zip(shared.proba(X), alone.proba(X), strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # each group's solver started from the flat model's rows of its children: the same optimum,
+    # within the solver's tolerance (lbfgs stops at tol=1e-4)
+    started = PerGroupHead(taxonomy)
+    started.fit(X, leaves, options, router=shared.router, init=flat.leaf_model)
+    for got, expected in zip(started.proba(X), alone.proba(X), strict=True):
+        np.testing.assert_allclose(got, expected, atol=5e-3)
+
+
+def test_a_warm_start_is_the_model_restricted_to_the_classes_asked_for():
+    from shelver.heads import LinearSoftmax
+
+    coef = np.arange(12, dtype=np.float32).reshape(3, 4)
+    model = LinearSoftmax(np.array([2, 5, 7]), coef, np.array([0.5, 1.0, 2.0], np.float32))
+    start_coef, start_intercept = model.start_for(np.array([2, 7]))  # two classes: one row, their difference
+    np.testing.assert_array_equal(start_coef, [coef[2] - coef[0]])
+    np.testing.assert_array_equal(start_intercept, [1.5])
+    three = model.start_for(np.array([2, 5, 7]))
+    np.testing.assert_array_equal(three[0], coef)
+    assert model.start_for(np.array([2, 3])) is None  # 3 is not a class of this model
 
 
 def test_explicit_settings_are_kept_and_only_the_rest_is_chosen(taxonomy, tiny_frames):

@@ -61,8 +61,9 @@ class LinearSoftmax:
     def fit(
         cls, X: Any, y: np.ndarray, options: LinearOptions, init: LinearSoftmax | None = None
     ) -> LinearSoftmax:
-        """``init``: a model of the same classes to start the solver from (the model selection
-        starts the balanced fit from the unweighted one, which is near and converges sooner)."""
+        """``init``: a model whose classes include these, to start the solver from instead of
+        zero. The model selection starts the balanced flat fit from the unweighted one, and each
+        per-group model from the flat model's rows of its children: near optima, reached sooner."""
         classes = np.unique(y)
         if len(classes) == 1:
             return cls(classes, np.zeros((1, X.shape[1]), np.float32), np.zeros(1, np.float32))
@@ -75,8 +76,9 @@ class LinearSoftmax:
             random_state=options.random_state,
             warm_start=init is not None,
         )
-        if init is not None and len(classes) > 2 and np.array_equal(init.classes, classes):
-            model.coef_, model.intercept_ = init.coef.astype(np.float64), init.intercept.astype(np.float64)
+        start = init.start_for(classes) if init is not None else None
+        if start is not None:
+            model.coef_, model.intercept_ = start
         model.fit(training_matrix(X), y)
         coef, intercept = model.coef_, model.intercept_
         if len(classes) == 2:  # sklearn keeps one row for two classes: make it symmetric
@@ -85,6 +87,18 @@ class LinearSoftmax:
         # C order, as a loaded model has: BLAS rounds X @ coef.T differently for an F-ordered
         # coef (sklearn's), and a reloaded model's probabilities would differ in the last bit
         return cls(classes, np.ascontiguousarray(coef, np.float32), intercept.astype(np.float32))
+
+    def start_for(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """scikit-learn's ``coef_, intercept_`` for ``classes`` (a subset of ours), float64: our
+        logits restricted to them are a softmax over them; two classes keep one row (their
+        difference). None when a class is not ours."""
+        if not np.isin(classes, self.classes).all():
+            return None
+        rows = np.searchsorted(self.classes, classes)
+        coef, intercept = self.coef[rows].astype(np.float64), self.intercept[rows].astype(np.float64)
+        if len(classes) == 2:
+            return coef[1:] - coef[:1], intercept[1:] - intercept[:1]
+        return coef, intercept
 
     def proba(self, X: Any) -> np.ndarray:
         """``(n, len(classes))`` probabilities."""
@@ -261,9 +275,11 @@ class PerGroupHead(Head):
         options: LinearOptions,
         progress: bool = False,
         router: LinearSoftmax | LeafSumRouter | None = None,
+        init: LinearSoftmax | None = None,
     ) -> PerGroupHead:
         """``router``: one already fitted on the same rows; the model selection passes the flat
-        head's leaf model as the leaf-sum router (the same fit) instead of fitting it twice."""
+        head's leaf model as the leaf-sum router (the same fit) instead of fitting it twice.
+        ``init``: a model over leaves whose rows start each group's solver (``LinearSoftmax.fit``)."""
         categories, X = self.leaf_category[leaves], training_matrix(X)
         self.groups: dict[int, LinearSoftmax] = {}
         self._fused = None
@@ -276,7 +292,7 @@ class PerGroupHead(Head):
                 rows = categories == c
                 # a group whose rows all share one child gets a constant model: its answer is certain
                 if rows.any():
-                    self.groups[c] = LinearSoftmax.fit(X[rows], leaves[rows], options)
+                    self.groups[c] = LinearSoftmax.fit(X[rows], leaves[rows], options, init=init)
                 bar.update()
         return self
 

@@ -250,9 +250,9 @@ def selection_table(selection: dict[str, Any]) -> str:
         )
     margin = selection.get("per_group_minus_flat")
     if margin is not None:
-        verdict = f"won by {margin * 100:.2f}" if margin > 0 else f"lost by {-margin * 100:.2f}"
+        verdict = f"won by {margin * 100:.2f} points" if margin > 0 else f"lost by {-margin * 100:.2f} points"
         verdict = verdict if margin else "tied"
-        lines += ["", f"per_group {verdict} points against flat (best of each, {selection['metric']})."]
+        lines += ["", f"per_group {verdict} against flat (the best of each, {selection['metric']})."]
     return "\n".join(lines)
 
 

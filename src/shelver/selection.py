@@ -30,6 +30,7 @@ import numpy as np
 from shelver.classifier import HierarchicalClassifier
 from shelver.config import AUTO, TrainConfig
 from shelver.data import LabeledData
+from shelver.encoders import Encoder
 from shelver.features import training_matrix
 from shelver.heads import FlatHead, Head, LeafSumRouter, LinearOptions, LinearSoftmax, PerGroupHead, make_head
 from shelver.metrics import classification_metrics
@@ -92,6 +93,7 @@ def select_and_fit(
     data: LabeledData,
     valid: LabeledData | None,
     progress: bool = True,
+    encoder: Encoder | None = None,
 ) -> HierarchicalClassifier:
     """The best candidate on ``valid`` (or a held-out share of ``data``), fitted on ``data``,
     with its record in ``selection_``. ``config`` has its fixed settings resolved already."""
@@ -100,7 +102,7 @@ def select_and_fit(
     start = time.perf_counter()
     options = candidates(config)
     fit_on, scored_on = (data, valid) if valid is not None else holdout(data, taxonomy, config.seed)
-    base = build_model(options[0].apply(config), taxonomy, progress)
+    base = build_model(options[0].apply(config), taxonomy, progress, encoder)
     base.fit(fit_on.texts, fit_on.y, source=fit_on.source)
     shared = time.perf_counter() - start  # encoding, the vocabulary and the first head
     models, rows, correct = _score_candidates(base, config, options, fit_on, scored_on)
@@ -217,8 +219,8 @@ def _fit_head(
     flat = fitted.get(Candidate("flat", option.router, option.class_weight))
     if option.kind == "per_group" and option.router == "leaves" and isinstance(flat, FlatHead):
         # the leaf-sum router is a softmax over leaves on every row: the flat head's very model
-        head = PerGroupHead(taxonomy)
-        return head.fit(X, leaves, linear, router=LeafSumRouter(flat.leaf_model, head.membership))
+        head, model = PerGroupHead(taxonomy), flat.leaf_model
+        return head.fit(X, leaves, linear, router=LeafSumRouter(model, head.membership), init=model)
     return make_head(option.kind, taxonomy).fit(X, leaves, linear)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from shelver.classifier import HierarchicalClassifier
 from shelver.config import AUTO, EncoderConfig, TrainConfig
 from shelver.data import LabeledData
+from shelver.encoders import Encoder
 from shelver.errors import ConfigError
 from shelver.model_dir import TORCH_FREE_PREFIXES
 from shelver.taxonomy import Taxonomy
@@ -22,8 +23,11 @@ from shelver.taxonomy import Taxonomy
 log = logging.getLogger(__name__)
 
 
-def build_model(config: TrainConfig, taxonomy: Taxonomy, progress: bool = True) -> HierarchicalClassifier:
-    """An unfitted estimator with every parameter taken from ``config`` (no ``"auto"`` left)."""
+def build_model(
+    config: TrainConfig, taxonomy: Taxonomy, progress: bool = True, encoder: Encoder | None = None
+) -> HierarchicalClassifier:
+    """An unfitted estimator with every parameter taken from ``config`` (no ``"auto"`` left);
+    ``encoder``, an instance to use instead of building ``config.encoder.name`` (its cache shared)."""
     _check_resolved(config)
     encoder_options = (
         {}
@@ -32,7 +36,7 @@ def build_model(config: TrainConfig, taxonomy: Taxonomy, progress: bool = True) 
     )
     return HierarchicalClassifier(
         taxonomy=taxonomy,
-        encoder=config.encoder.name,
+        encoder=config.encoder.name if encoder is None else encoder,
         encoder_options=encoder_options,
         head=config.head.kind,
         router=config.head.router,
@@ -56,12 +60,15 @@ def train_model(
     progress: bool = True,
     valid: LabeledData | None = None,
     workdir: str | Path | None = None,
+    encoder: Encoder | None = None,
 ) -> HierarchicalClassifier:
     """Fine-tune the encoder first when the configuration asks for it, fit the heads, then
     with ``valid`` calibrate on it (temperatures, and thresholds when a target precision is set).
 
     The fine-tuned encoder is written to ``workdir/encoder`` (checkpoints beside it, so an
     interrupted run resumes); the model directory copies it when the model is saved.
+    ``encoder``: an instance of ``config.encoder.name`` to use as is (a shared embedding cache, as
+    the benchmarks pass); a fine-tuning run builds its own.
     """
     if config.decision.target_precision is not None and valid is None:
         raise ConfigError(
@@ -72,12 +79,13 @@ def train_model(
 
     if wants_finetune(config.encoder, workdir):
         config = _with_finetuned_encoder(config, taxonomy, data, valid, workdir, progress)
+        encoder = None
     config = resolve_fixed(config)
     # synthetic rows train but stay out of train_counts_: the report's bands count real rows
     if needs_selection(config):  # the head and class weights chosen on valid; selection_ says how
-        model = select_and_fit(config, taxonomy, data, valid, progress)
+        model = select_and_fit(config, taxonomy, data, valid, progress, encoder)
     else:
-        model = build_model(config, taxonomy, progress).fit(data.texts, data.y, source=data.source)
+        model = build_model(config, taxonomy, progress, encoder).fit(data.texts, data.y, source=data.source)
     return model.calibrate(valid.texts, valid.y, valid.source) if valid is not None else model
 
 
