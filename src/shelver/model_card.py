@@ -279,6 +279,8 @@ def _metrics_section(files: _ModelFiles) -> str:
             "`valid` is the split the temperatures and thresholds were tuned on: its figures "
             "are optimistic."
         )
+    if rows and missing:
+        lines.append("")
     for name in missing:
         lines.append(f"- {name}: not measured (`shelver evaluate --model DIR --data ... --out DIR/{name}`).")
     return "\n".join(lines)
