@@ -31,7 +31,7 @@ def _train_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
         "train_rows": len(real),
         "synthetic_rows": len(train) - len(real),
         "valid_rows": len(valid),
-        "head": ctx.config.train.head.kind,
+        "head": model.head,  # what the selection chose when head.kind is "auto"
     }
 
 
