@@ -113,3 +113,12 @@ def test_auto_finetunes_only_with_a_gpu_and_a_workdir(monkeypatch, setting, gpu,
     assert wants_finetune(EncoderConfig(finetune=setting), workdir) is expected
     for torch_free in ("hashing", "static:tables/minilm", "onnx:model/onnx"):  # nothing to fine-tune
         assert wants_finetune(EncoderConfig(name=torch_free, finetune="auto"), workdir) is False
+
+
+def test_config_default_reads_the_dataclass_default_of_a_dotted_key():
+    from shelver.config import config_default
+
+    assert config_default("decision.target_precision") is None
+    assert config_default("head.kind") == "auto" and config_default("encoder.name") == "minilm"
+    with pytest.raises(ConfigError, match="unknown config key 'head.size'"):
+        config_default("head.size")
