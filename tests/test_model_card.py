@@ -109,39 +109,24 @@ def test_an_older_or_newer_record_is_rendered_and_never_called_verified(fitted, 
     assert "| conformal.alpha | 0.05 |" in body
 
 
-def test_evaluations_in_the_directory_and_the_selection_record_go_on_the_card(fitted, tiny_files, tmp_path):
-    from copy import deepcopy
-
+def test_evaluations_in_the_directory_and_the_selection_record_go_on_the_card(tiny_files, taxonomy, tmp_path):
+    from shelver.config import load_config
     from shelver.data import read_labeled
     from shelver.report import evaluate, write_report
+    from shelver.training import train_model
 
-    model = deepcopy(fitted)
-    flat = {
-        "head": "flat",
-        "router": None,
-        "class_weight": None,
-        "level2_accuracy": 0.9,
-        "level2_macro_f1": 0.8,
-    }
-    per_group = {**flat, "head": "per_group", "router": "categories", "level2_macro_f1": 0.85}
-    candidates = [{**c, "level1_accuracy": 0.95, "fit_seconds": 0.1} for c in (flat, per_group)]
-    model.selection_ = {
-        "metric": "level2_macro_f1",
-        "scored_on": "valid",
-        "n_scored": 36,
-        "chosen": {"head": "per_group", "router": "categories", "class_weight": None},
-        "candidates": candidates,
-        "per_group_minus_flat": 0.05,
-    }
+    train, valid = (read_labeled(tiny_files[split], taxonomy) for split in ("train", "valid"))
+    # the head left at "auto": train_model chooses it on valid and records how in selection_
+    model = train_model(load_config(None, ["encoder.name=hashing"]), taxonomy, train, False, valid)
     root = _saved(model, tmp_path / "model")
-    write_report(evaluate(model, read_labeled(tiny_files["test"], model.taxonomy_)), root / "test")
+    write_report(evaluate(model, read_labeled(tiny_files["test"], taxonomy)), root / "test")
     refresh_model_card(root)
     _, body = _card(root)
     assert "| test | 36 |" in body and "- valid: not measured" in body
     assert "- test: not measured" not in body
     assert "How the configuration was chosen (`selection.json`)" in body
-    assert "| chosen.head | `per_group` |" in body and "| scored_on | `valid` |" in body
-    assert "| `per_group` | `categories` | `null` | 0.9 | 0.85 | 0.95 | 0.1 |" in body  # a candidate
+    assert f"| chosen.head | `{model.selection_['chosen']['head']}` |" in body
+    assert "`candidates`:" in body and "| head |" in body  # a table, one row per candidate
     load_model(root)  # the manifest holds the rewritten card's hash
 
 
