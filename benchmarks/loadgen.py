@@ -1,8 +1,10 @@
-"""Open-loop HTTP load generator: N requests per second for S seconds, latency from the schedule.
+"""HTTP load generator: open loop (N requests per second for S seconds, latency from the
+schedule) or closed loop (``--closed``: C connections, each sending its next request as soon as
+the last is answered, as ``wrk`` does: the server's peak requests per second).
 
 Runs in its own process (``python benchmarks/loadgen.py URL --rate 500 --seconds 60 --bodies F``)
-so the server is measured from outside. Each request is sent at its scheduled time on a
-keep-alive connection from a pool; latency is measured from the *scheduled* time, so a stalled
+so the server is measured from outside. Open loop: each request is sent at its scheduled time on
+a keep-alive connection from a pool; latency is measured from the *scheduled* time, so a stalled
 server cannot hide queueing (no coordinated omission). Prints one JSON object.
 """
 
@@ -35,17 +37,22 @@ async def _request(pool: asyncio.Queue, payload: bytes) -> int:
         pool.put_nowait((reader, writer))
 
 
-async def run(url: str, bodies: list[bytes], rate: float, seconds: float, connections: int) -> dict:
+def _payloads(url: str, bodies: list[bytes]) -> tuple[str, int, list[bytes]]:
+    """The host, the port, and each body as a complete HTTP/1.1 POST to the URL's path."""
     parts = urlsplit(url)
-    host, port, path = parts.hostname, parts.port, parts.path or "/v1/classify"
-    pool: asyncio.Queue = asyncio.Queue()
-    for _ in range(connections):
-        pool.put_nowait(await asyncio.open_connection(host, port))
+    host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/v1/classify"
     template = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         "Content-Length: %d\r\n\r\n"
     )
-    payloads = [(template % len(b)).encode() + b for b in bodies]
+    return host, port, [(template % len(b)).encode() + b for b in bodies]
+
+
+async def run(url: str, bodies: list[bytes], rate: float, seconds: float, connections: int) -> dict:
+    host, port, payloads = _payloads(url, bodies)
+    pool: asyncio.Queue = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await asyncio.open_connection(host, port))
     n = int(rate * seconds)
     latencies = np.zeros(n)
     statuses = np.zeros(n, dtype=np.int32)
@@ -81,6 +88,40 @@ async def run(url: str, bodies: list[bytes], rate: float, seconds: float, connec
     }
 
 
+async def saturate(url: str, bodies: list[bytes], seconds: float, connections: int) -> dict:
+    """Closed loop: ``connections`` keep-alive connections, each busy for ``seconds``."""
+    host, port, payloads = _payloads(url, bodies)
+    latencies: list[float] = []
+    statuses: list[int] = []
+    deadline = time.perf_counter() + seconds
+
+    async def connection(offset: int) -> None:
+        pool: asyncio.Queue = asyncio.Queue()
+        pool.put_nowait(await asyncio.open_connection(host, port))
+        i = offset
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                statuses.append(await _request(pool, payloads[i % len(payloads)]))
+            except Exception:
+                statuses.append(-1)
+            latencies.append(time.perf_counter() - started)
+            i += connections
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection(c) for c in range(connections)))
+    elapsed = time.perf_counter() - started
+    ok = np.asarray(latencies)[np.asarray(statuses) == 200] * 1e3
+    return {
+        "connections": connections,
+        "requests": len(statuses),
+        "errors": int(sum(s != 200 for s in statuses)),
+        "requests_per_s": round(len(ok) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ok, 50)), 3),
+        "p99_ms": round(float(np.percentile(ok, 99)), 3),
+    }
+
+
 def _by_second(latencies_ms: np.ndarray, ok: np.ndarray, rate: float) -> list[float]:
     """p99 of the requests scheduled in each second: a stall shows as a few bad seconds."""
     second = (np.arange(len(latencies_ms)) / rate).astype(int)
@@ -94,6 +135,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--closed", action="store_true", help="closed loop: peak requests/s, no --rate")
     args = parser.parse_args()
     with open(args.bodies) as file:
         bodies = [json.dumps(b).encode() for b in json.load(file)]
@@ -104,7 +146,11 @@ def main() -> None:
     except ImportError:
         pass
     gc.disable()  # the generator's own collection pauses would be counted as server latency
-    print(json.dumps(asyncio.run(run(args.url, bodies, args.rate, args.seconds, args.connections))))
+    if args.closed:
+        result = asyncio.run(saturate(args.url, bodies, args.seconds, args.connections))
+    else:
+        result = asyncio.run(run(args.url, bodies, args.rate, args.seconds, args.connections))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

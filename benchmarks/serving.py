@@ -167,9 +167,9 @@ def free_port() -> int:
 Started = tuple[subprocess.Popen, int, float, float]
 
 
-def start_server(model_dir: Path, workers: int = 1) -> Started:
-    """``shelver serve`` as users start it, answer cache off (the benchmark's texts repeat);
-    returns (process, port, seconds to /readyz OK, CPU s)."""
+def start_server(model_dir: Path, workers: int = 1, env: dict[str, str] | None = None) -> Started:
+    """``shelver serve`` as users start it, answer cache off (the benchmark's texts repeat), with
+    any other ``SHELVER_*`` settings in ``env``; returns (process, port, seconds to /readyz OK, CPU s)."""
     port = free_port()
     command = [
         str(BIN / "shelver"),
@@ -184,7 +184,7 @@ def start_server(model_dir: Path, workers: int = 1) -> Started:
         str(workers),
     ]
     t0 = time.perf_counter()
-    process = subprocess.Popen(command, env={**ENV, "SHELVER_CACHE_SIZE": "0"})
+    process = subprocess.Popen(command, env={**ENV, "SHELVER_CACHE_SIZE": "0", **(env or {})})
     while process.poll() is None:
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
@@ -230,13 +230,15 @@ def http_load(
     seconds: float,
     workers: int = 1,
     quiet_steal: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict:
     """Open-loop load from another process, against a server with its answer cache off.
 
     ``quiet_steal``: first wait until the host steals under this many CPU-s in 20 s of idling.
+    ``env``: more ``SHELVER_*`` settings for the server.
     """
     waited = wait_for_quiet_host(quiet_steal) if quiet_steal is not None else None
-    process, port, _, _ = start_server(model_dir, workers)
+    process, port, _, _ = start_server(model_dir, workers, env)
     try:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
             json.dump([{"query": t} for t in texts], file)
