@@ -62,6 +62,17 @@ def test_save_writes_a_hugging_face_card_that_the_manifest_hashes(fitted, taxono
     load_model(root)  # the card's hash checks out
 
 
+def test_the_training_rows_are_summed_up_by_source(taxonomy, tiny_frames, tmp_path):
+    texts, y = _xy(tiny_frames["train"])
+    source = ["human"] * 100 + ["llm:smollm2"] * 20 + ["synthetic:titles"] * 6
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing:256").fit(texts, y, source)
+    root = _saved(model, tmp_path / "model")
+    _, body = _card(root)
+    assert "- **120 training rows** counted" in body  # synthetic rows train but are not counted
+    assert "- By source: 100 human, 20 llm:smollm2, 6 synthetic:titles (every row that trained" in body
+    assert load_model(root).train_sources_ == {"human": 100, "llm:smollm2": 20, "synthetic:titles": 6}
+
+
 def test_a_tampered_card_is_refused_like_any_other_file(fitted, tmp_path):
     root = _saved(fitted, tmp_path / "model")
     card = root / CARD_FILE
@@ -162,6 +173,7 @@ def test_train_and_calibrate_commands_write_an_up_to_date_card(tiny_files, tmp_p
     assert trained.returncode == 0, trained.stderr
     _, body = _card(out)
     assert "| valid | 36 |" in body  # evaluated after the save, then put on the card
+    assert "- By source: 126 human (" in body  # a file without a source column: people's labels
     assert "no target precision chose the thresholds" in body
     assert "The full training configuration (`train_config.json`)" in body
     calibrated = _shelver(
@@ -187,8 +199,12 @@ def test_bootstraps_served_model_has_a_card_with_both_evaluations(tiny_files, tm
     model = tmp_path / "run" / "export" / "model"
     _, body = _card(model)
     assert "| valid |" in body and "| real_sample | 36 |" in body
-    # the embedding labeler's rows set the thresholds: no person checked them
-    assert f"**The thresholds are {UNVERIFIED}:** they were fitted on" in body
-    assert "rows labeled by embedding" in body
+    fitted_on = json.loads((model / "calibration.json").read_text())["fitted_on"]
+    if fitted_on["human"]:  # the labeled sample set the thresholds
+        assert "The thresholds were fitted on" in body and "human-labeled rows" in body
+        assert f"**The thresholds are {UNVERIFIED}:**" not in body
+    else:  # the embedding labeler's rows did: no person checked them
+        assert f"**The thresholds are {UNVERIFIED}:** they were fitted on" in body
+        assert "rows labeled by embedding" in body
     shutil.rmtree(tmp_path / "run" / "train")  # the export stands alone
     load_model(model)

@@ -188,6 +188,8 @@ class HierarchicalClassifier(ParamsMixin):
         if len(texts) != len(labels):
             raise DataError(f"X has {len(texts):,} texts but y has {len(labels):,} rows")
         real = _real_rows(source, len(texts))
+        # the training rows by provenance, synthetic included; the model card shows them
+        self.train_sources_ = None if source is None else _source_counts(_as_source(source, len(texts)))
         if self.multi_label:
             texts, labels, real = _merged(texts, labels, real)
         leaves = np.array([self.taxonomy.leaf_index[tuple(row)] for row in labels])
@@ -434,6 +436,12 @@ def _as_source(source: Sequence[str], n: int) -> list[str]:
         got = "one string" if isinstance(source, str) else f"{len(source):,} values"
         raise DataError(f"source must hold one value per row of X ({n:,}), got {got}; pass data.source")
     return [str(s) for s in source]
+
+
+def _source_counts(source: list[str]) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(sorted(Counter(source).items()))
 
 
 def _real_rows(source: Sequence[str] | None, n: int) -> np.ndarray:

@@ -185,8 +185,9 @@ def _training_section(manifest: Mapping[str, Any]) -> str:
 def _sources_line(training: Mapping[str, Any]) -> str:
     sources = training.get("sources")
     if not sources:
-        return "not recorded by this model directory (see the training file's `source` column)."
-    return ", ".join(f"{n:,} {name}" for name, n in sources.items()) + "."
+        return "not recorded (the model was fitted without a `source` per row)."
+    rows = ", ".join(f"{n:,} {name}" for name, n in sources.items())
+    return f"{rows} (every row that trained, synthetic ones included)."
 
 
 def _category_rows(counts: Mapping[str, int]) -> list[tuple[str, str, int]]:

@@ -165,6 +165,7 @@ def _manifest(model: HierarchicalClassifier, out: Path, extra: tuple[str, ...] =
             "n": int(model.train_counts_.sum()),
             "fingerprint": model.train_fingerprint_,
             "counts": counts,
+            "sources": getattr(model, "train_sources_", None),
         },
         "files": {name: _sha256(out / name) for name in (*HASHED_FILES, *extra) if (out / name).is_file()},
     }
@@ -377,6 +378,7 @@ def _restore(model: HierarchicalClassifier, manifest: dict[str, Any], head: Any,
     model.head_ = head
     model.train_counts_ = np.array([counts.get(format_path(p), 0) for p in taxonomy.paths])
     model.train_fingerprint_ = manifest["training"]["fingerprint"]
+    model.train_sources_ = manifest["training"].get("sources")
     model.classes_ = level_classes(taxonomy)
     _restore_decisions(model, root)
 
