@@ -265,6 +265,9 @@ def test_settings_from_the_environment(tmp_path):
         {"SHELVER_MODEL": "m", "SHELVER_MICROBATCH_QUERIES": "1", "SHELVER_MICROBATCH_WINDOW_MS": "0"}
     )
     assert create_app(off).state.slot.batcher is None and create_app(settings).state.slot.batcher is not None
+    assert get_settings({"SHELVER_MODEL": "m", "SHELVER_MICROBATCH_ANY_MODEL": "yes"}).microbatch_any_model
+    with pytest.raises(ConfigError, match="SHELVER_MICROBATCH_ANY_MODEL must be 1/true/yes/on or 0/false"):
+        get_settings({"SHELVER_MODEL": "m", "SHELVER_MICROBATCH_ANY_MODEL": "maybe"})
     with pytest.raises(ConfigError, match="SHELVER_INLINE_MS must be 0 or more"):
         get_settings({"SHELVER_MODEL": "m", "SHELVER_INLINE_MS": "-1"})
 

@@ -11,7 +11,9 @@ import pytest
 from conftest import COLOURS, WORDS, ServerProcess
 
 from shelver.model_dir import load_model
-from shelver.service.batcher import MicroBatcher
+from shelver.service import Settings
+from shelver.service.batcher import INVARIANT_GAP, MicroBatcher
+from shelver.service.slot import ModelSlot, load_served
 
 
 def _queries(n: int) -> list[str]:
@@ -54,6 +56,34 @@ def test_thousands_of_concurrent_queries_get_their_single_query_answers(hashing_
     calls = float(re.search(r"^shelver_model_call_queries_count (\S+)", metrics, re.M).group(1))
     batched = float(re.search(r"^shelver_model_call_queries_sum (\S+)", metrics, re.M).group(1))
     assert batched == len(queries) and calls < len(queries), (calls, batched)  # calls were shared
+
+
+def _model_calls(settings: Settings, served, requests: int = 8) -> list[int]:
+    """The sizes of the model calls that ``requests`` concurrent one-query requests make."""
+    slot, sizes, original = ModelSlot(settings), [], served.model.classify
+    served.model.classify = lambda texts: (sizes.append(len(texts)), original(texts))[1]
+
+    async def burst() -> None:
+        await asyncio.gather(*(slot.classify(served, [f"red boots {i}"]) for i in range(requests)))
+
+    try:
+        asyncio.run(burst())
+    finally:
+        served.model.classify = original
+        slot.close()
+    return sizes
+
+
+def test_a_model_whose_answers_a_batch_changes_is_not_batched(hashing_model_dir, onnx_model_dir):
+    hashing, int8 = load_served(hashing_model_dir), load_served(onnx_model_dir)
+    assert hashing.info["batch_invariant"] and hashing.batch_gap <= INVARIANT_GAP
+    # int8 activations are scaled per batch: a neighbour moves a query's confidence
+    assert not int8.info["batch_invariant"] and int8.batch_gap > 1e-3
+    threads = {"inline_ms": 0, "cache_size": 0, "concurrency": 1}  # one call at a time, on the pool
+    assert _model_calls(Settings(model=hashing_model_dir, **threads), hashing) == [1, 7]
+    assert _model_calls(Settings(model=onnx_model_dir, **threads), int8) == [1] * 8
+    forced = Settings(model=onnx_model_dir, microbatch_any_model=True, **threads)
+    assert _model_calls(forced, int8) == [1, 7]
 
 
 def _without_confidence(answer: dict) -> dict:

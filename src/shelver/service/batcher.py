@@ -14,6 +14,12 @@ queue ("drain the queue", as Triton's dynamic batcher and Ray Serve's ``@serve.b
 Each request gets exactly its own answers, in order; a request that times out is dropped from
 the queue, or its answers discarded, without touching the others. Only the event loop touches
 this object.
+
+A batch must not change an answer, and for some models it does: an int8 ONNX encoder quantizes
+its activations with one scale per batch, so a query's confidence moves with its neighbours'
+(by up to 0.1 on the tests' tiny model). ``batch_gap`` measures this at load; the service batches
+only a model whose answers agree (float32 products still round a row alone and in a batch
+differently, in the 6th decimal: ``INVARIANT_GAP``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Answers = list[dict[str, Any]]
+# confidences are rounded to 6 decimals: a float32 rounding difference may flip the last one
+INVARIANT_GAP = 1.5e-6
 Run = Callable[[Any, list[str]], Awaitable[Answers]]  # (served model, texts) -> answers
 Observe = Callable[[int], None]  # told the number of distinct queries of every model call
 
@@ -130,3 +138,19 @@ def _settle(
             pending.future.set_exception(error)
         else:
             pending.future.set_result([answers[t] for t in pending.texts])  # type: ignore[index]
+
+
+def batch_gap(model: Any, probes: int = 32) -> float:
+    """How much batching moves this model's answers: the largest confidence gap between the
+    taxonomy's paths classified one at a time and in one batch; infinite if a path or decision
+    changes."""
+    paths = list(model.taxonomy_.paths)[:probes]
+    texts = [" ".join(p).lower() for p in paths] + [f"{p[-1]} " * 12 for p in paths[:4]]
+    alone = [p.to_dict() for text in texts for p in model.classify([text])]
+    together = [p.to_dict() for p in model.classify(texts)]
+    gap = 0.0
+    for a, b in zip(alone, together, strict=True):
+        if (a["path"], a["decision"]) != (b["path"], b["decision"]):
+            return float("inf")
+        gap = max([gap, *(abs(x - y) for x, y in zip(a["confidence"], b["confidence"], strict=True))])
+    return gap

@@ -52,6 +52,9 @@ class Settings:
     microbatch_window_ms: float = 1.0
     # at most this many queries per model call, summed over the batched requests; 1 turns it off
     microbatch_queries: int = 64
+    # batch even a model whose answers a batch changes (an int8 ONNX encoder: its confidences move
+    # with their neighbours'; /v1/model says "batch_invariant": false): speed over reproducibility
+    microbatch_any_model: bool = False
 
     def reload_root(self) -> Path:
         """The resolved directory that reloads must stay under."""
@@ -79,6 +82,8 @@ def _parse(name: str, kind: str, raw: str) -> object:
         return Path(raw)
     if kind.startswith("str"):
         return raw
+    if kind == "bool":
+        return _flag(variable, raw)
     try:
         value = float(raw) if kind == "float" else int(raw)
     except ValueError:
@@ -87,3 +92,10 @@ def _parse(name: str, kind: str, raw: str) -> object:
         least = "0 or more" if name in ZERO_ALLOWED else "positive"
         raise ConfigError(f"{variable} must be {least}, got {raw!r}")
     return value
+
+
+def _flag(variable: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ConfigError(f"{variable} must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
+    return value in ("1", "true", "yes", "on")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from shelver.errors import ShelverError
-from shelver.service.batcher import MicroBatcher, Observe
+from shelver.service.batcher import INVARIANT_GAP, MicroBatcher, Observe, batch_gap
 from shelver.service.settings import Settings
 
 log = logging.getLogger("shelver.service")
@@ -52,6 +52,7 @@ class Served:
     info: dict[str, Any] = field(default_factory=dict)
     query_seconds: float = 1.0  # one query's classify time, measured at load
     answers: AnswerCache = field(default_factory=lambda: AnswerCache(0))
+    batch_gap: float = 0.0  # how far a batch moves its confidences (batcher.batch_gap), at load
 
 
 class AnswerCache:
@@ -100,7 +101,9 @@ class ModelSlot:
 
     async def _classify(self, served: Served, texts: list[str]) -> list[dict[str, Any]]:
         """Through the micro-batcher (with whatever else is queued), or alone when it is off."""
-        if self.batcher is not None:
+        if self.batcher is not None and (
+            served.batch_gap <= INVARIANT_GAP or self.settings.microbatch_any_model
+        ):
             return await self.batcher.classify(served, texts, self.settings.request_timeout)
         return await self._run(served, texts, self.settings.request_timeout)
 
@@ -177,8 +180,9 @@ def load_served(path: str | Path, threads: int | None = 1, cache_size: int = 0) 
     root = Path(path)
     model = load_model(root, encoder="serving", threads=threads)
     seconds = _query_seconds(model)  # a model that cannot answer is not swapped in
-    info = describe(model, root)
-    return Served(model, root, model_version(root), info, seconds, AnswerCache(cache_size))
+    gap = batch_gap(model)
+    info = describe(model, root) | {"batch_invariant": gap <= INVARIANT_GAP}
+    return Served(model, root, model_version(root), info, seconds, AnswerCache(cache_size), gap)
 
 
 def _query_seconds(model: Any, runs: int = 5) -> float:
