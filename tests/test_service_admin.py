@@ -8,8 +8,11 @@ answering, name no server path, and leave one JSON audit line in the server's lo
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -164,6 +167,28 @@ def test_every_attempt_leaves_one_audit_line(layout):
     assert lines[0]["reason"].startswith("admin endpoints need") and lines[0]["client"] == "127.0.0.1"
     assert "outside" in lines[1]["reason"] and lines[1]["to_version"] is None
     assert lines[2]["to_version"] == model_version(layout["same"]) and lines[2]["time"].endswith("+00:00")
+
+
+def test_sighup_never_changes_the_taxonomy(layout, tmp_path):
+    served = Path(shutil.copytree(layout["served"], tmp_path / "hup"))
+    server = ServerProcess(served).wait_ready()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30.0) as http:
+            before = _serving(http)
+            shutil.rmtree(served)
+            shutil.copytree(layout["other"], served)  # the operator's directory now holds another taxonomy
+            os.kill(server.process.pid, signal.SIGHUP)
+            deadline, refused = time.monotonic() + 20, None
+            while time.monotonic() < deadline and not refused:
+                refused = re.search(
+                    r'^shelver_reloads_total\{result="refused"\} (\S+)', http.get("/metrics").text, re.M
+                )
+                time.sleep(0.1)
+            assert refused and float(refused.group(1)) == 1
+            assert _serving(http) == before
+    finally:
+        log = server.stop()
+    assert '"source": "sighup"' in log and "trained on another taxonomy" in log
 
 
 def test_redact_keeps_the_message_and_drops_the_paths(tmp_path):
