@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 Answers = list[dict[str, Any]]
@@ -39,13 +39,17 @@ Observe = Callable[[int], None]  # told the number of distinct queries of every 
 
 @dataclass
 class _Pending:
+    """A request waiting for its answers: the model it read, its texts, when it arrived."""
+
     served: Any
     texts: list[str]
     future: asyncio.Future
-    arrived: float = field(default=0.0)
+    arrived: float
 
 
 class MicroBatcher:
+    """Queues requests and runs them in shared model calls (see the module docstring)."""
+
     def __init__(
         self, run: Run, window: float, max_queries: int, slots: int = 1, observe: Observe | None = None
     ) -> None:
