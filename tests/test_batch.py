@@ -10,16 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from shelver.batch import (
-    BatchClassifier,
-    Memo,
-    Source,
-    batch_sizes,
-    classify_batch,
-    decision_columns,
-    read_rows,
-    write_parquet,
-)
+from shelver.batch import BatchClassifier, Memo, batch_sizes, classify_batch, decision_columns
+from shelver.batch_io import Source, read_rows, write_parquet
 from shelver.cli import main
 from shelver.errors import ConfigError, DataError
 from shelver.model_dir import load_model
