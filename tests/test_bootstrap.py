@@ -212,7 +212,10 @@ def test_synthesize_fills_only_the_tail_without_leaks_and_counts_real_rows_only(
     assert not {normalize(t) for t in synthetic.texts} & {normalize(normalize_query(t)) for t in held_out}
     train = read_manifest(out / "train")["summary"]
     assert train["synthetic_rows"] == len(synthetic)
-    assert load_model(out / "train" / "model").train_counts_.sum() == train["train_rows"] == len(counts)
+    assert train["train_rows"] == len(counts) and train["sample_rows"] == len(pd.read_csv(inputs["sample"]))
+    assert (
+        load_model(out / "train" / "model").train_counts_.sum() == train["train_rows"] + train["sample_rows"]
+    )
 
 
 def test_synthesize_disabled_trains_on_the_selected_rows_only(
@@ -398,3 +401,35 @@ def test_smoothing_modes_are_checked_and_booleans_still_read() -> None:
 def test_bad_smoothing_setting_fails_at_load() -> None:
     with pytest.raises(ConfigError, match="got k=0.*fix select.smooth_k"):
         load_bootstrap_config(None, ("select.smooth=true", "select.smooth_k=0"))
+
+
+def test_labeled_sample_trains_and_fits_thresholds_out_of_fold(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    _run(inputs, out)
+    sample = pd.read_csv(inputs["sample"])
+    summary = read_manifest(out / "train")["summary"]
+    assert summary["human_rows"] == len(sample)
+    assert summary["thresholds"].startswith(f"thresholds fitted on {len(sample):,} human-labeled rows")
+    fitted_on = json.loads((out / "train" / "model" / "calibration.json").read_text())["fitted_on"]
+    assert fitted_on["human"] and fitted_on["cross_fitted_folds"] == 5
+    assert fitted_on["rows"] == len(sample) and set(fitted_on["levels"]) == {"level1", "level2"}
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 1 and rounds[0]["human_rows"] == len(sample) and rounds[0]["verified"]
+    assert set(rounds[0]["level2"]) == {"coverage", "precision", "lower_bound", "certified"}
+    table = json.loads((out / "evaluate" / "comparison.json").read_text())
+    assert table["thresholds"]["cross_fitted"] and table["thresholds"]["verified"]
+
+
+def test_without_human_labels_the_thresholds_say_they_are_unverified(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    config = load_bootstrap_config(None, FAST)
+    ctx = RunContext(inputs["taxonomy"], inputs["log"], out, config, None, progress=False)
+    run_pipeline(ctx, None, echo=lambda line: None)
+    summary = read_manifest(out / "train")["summary"]
+    assert summary["human_rows"] == 0
+    assert summary["thresholds"].startswith("thresholds unverified: fitted on machine labels")
+    assert "thresholds unverified" in (out / "evaluate" / "report.md").read_text()

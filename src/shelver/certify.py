@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+# the certified walk tests one threshold per 2.5% of the sample's rows (40 tests at most)
+TEST_STEP = 0.025
 # an operating point answering fewer sample rows says too little to extrapolate from
 MIN_ESTIMATE_ROWS = 10
 # above every confidence: the level always abstains
@@ -98,23 +100,33 @@ def point_threshold(confidence: np.ndarray, correct: np.ndarray, target: float, 
     return _fit("point", confidence, correct, threshold_for_precision(confidence, correct, target), delta)
 
 
-def certified_threshold(confidence: np.ndarray, correct: np.ndarray, target: float, delta: float) -> LevelFit:
+def certified_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target: float, delta: float
+) -> LevelFit:
     """Learn-then-Test: the lowest threshold reached by fixed-sequence tests at level ``delta``."""
     thresholds, coverage, precision = _curve(confidence, correct)
     answered = np.rint(coverage * len(confidence)).astype(int)
     hits = np.rint(precision * answered).astype(int)
     lf, chosen = _log_factorials(len(confidence)), NEVER
-    for t, a, h in zip(thresholds, answered, hits, strict=True):
-        if a < min_rows_to_certify(target, delta):
-            continue
-        if binomial_tail(int(h), int(a), target, lf) > delta:
+    for i in _test_points(answered, min_rows_to_certify(target, delta)):
+        if binomial_tail(int(hits[i]), int(answered[i]), target, lf) > delta:
             break
-        chosen = float(t)
+        chosen = float(thresholds[i])
     fit = _fit("certified", confidence, correct, chosen, delta)
     if fit.certified:
         return fit
     needed = labels_needed(coverage, precision, len(confidence), target, delta)
     return LevelFit(**{**fit.to_dict(), "labels_needed": needed})
+
+
+def _test_points(answered: np.ndarray, first: int) -> np.ndarray:
+    """Indices of the curve to test, most confident first: from ``first`` answered rows, then
+    every ``TEST_STEP`` of the rows more. Each test is a chance for the walk to stop, so fewer,
+    better-separated tests keep more coverage than one per distinct confidence."""
+    step = max(1, int(np.ceil(answered[-1] * TEST_STEP))) if len(answered) else 1
+    wanted = np.arange(first, answered[-1] + step, step) if len(answered) else np.array([], int)
+    points = np.searchsorted(answered, np.minimum(wanted, answered[-1] if len(answered) else 0))
+    return np.unique(points[points < len(answered)])
 
 
 def _fit(

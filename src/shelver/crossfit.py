@@ -16,6 +16,7 @@ import numpy as np
 
 from shelver.calibration import HUMAN
 from shelver.classifier import HierarchicalClassifier
+from shelver.encoders import Encoder
 from shelver.errors import DataError
 
 # five folds: each fold model trains on 80% of the anchor rows (close to the final model's 100%)
@@ -31,13 +32,22 @@ def cross_fit(
     folds: int = FOLDS,
     seed: int = 0,
 ) -> HierarchicalClassifier:
-    """Fit ``model`` on every row, then calibrate it on the human-labeled rows' out-of-fold scores.
+    """Fit ``model`` on every row, then calibrate it on the human-labeled rows' out-of-fold scores."""
+    model.fit(list(X), np.asarray(y), source=list(source))
+    return calibrate_out_of_fold(model, X, y, source, folds, seed)
 
-    The model's ``encoder`` becomes one cached instance shared by every fold: each text is
-    embedded once.
-    """
+
+def calibrate_out_of_fold(
+    model: HierarchicalClassifier,
+    X: Sequence[str],
+    y: np.ndarray,
+    source: Sequence[str],
+    folds: int = FOLDS,
+    seed: int = 0,
+) -> HierarchicalClassifier:
+    """Calibrate a model fitted on these rows from its human-labeled rows' out-of-fold scores:
+    fold copies (same parameters and encoder cache) score each fold without having seen it."""
     texts, labels, source = list(X), np.asarray(y), [str(s) for s in source]
-    model.set_params(encoder=model.build_encoder())
     anchor = np.flatnonzero([s == HUMAN for s in source])
     if len(anchor) < folds:
         raise DataError(
@@ -45,7 +55,6 @@ def cross_fit(
             "label more queries (shelver labels import) or calibrate on a held-out split"
         )
     raw = out_of_fold_scores(model, texts, labels, source, anchor, folds, seed)
-    model.fit(texts, labels, source=source)
     model.calibrate_scores(raw, [texts[i] for i in anchor], labels[anchor], [HUMAN] * len(anchor))
     model.calibrated_on_["cross_fitted_folds"] = folds
     return model
@@ -67,7 +76,7 @@ def out_of_fold_scores(
         scored = anchor[fold_of == k]
         held = {texts[i] for i in scored}
         train = np.array([t not in held for t in texts])
-        fold_model = fresh(model).fit(
+        fold_model = fresh(model, model.encoder_).fit(
             [texts[i] for i in np.flatnonzero(train)], labels[train], _pick(source, train)
         )
         parts.append(fold_model.head_proba(fold_model.features([texts[i] for i in scored])))
@@ -75,9 +84,9 @@ def out_of_fold_scores(
     return np.concatenate([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order]
 
 
-def fresh(model: HierarchicalClassifier) -> HierarchicalClassifier:
-    """An unfitted copy with the same parameters, sharing the encoder (and its embedding cache)."""
-    return type(model)(**model.get_params(deep=False))
+def fresh(model: HierarchicalClassifier, encoder: Encoder) -> HierarchicalClassifier:
+    """An unfitted copy with the same parameters, on ``encoder`` (a fitted model's, with its cache)."""
+    return type(model)(**{**model.get_params(deep=False), "encoder": encoder})
 
 
 def _pick(values: list[str], mask: np.ndarray) -> list[str]:

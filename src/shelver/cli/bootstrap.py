@@ -95,6 +95,20 @@ def bootstrap(
         run_pipeline(ctx, start_from, echo=lambda line: click.echo(line, err=True))
     click.echo((out / "evaluate" / "report.md").read_text())
     click.echo(f"model: {out}/export/model; queries to review: {out}/review/review.csv", err=True)
+    _say_what_the_thresholds_promise(out)
+
+
+def _say_what_the_thresholds_promise(out: Path) -> None:
+    """The last line of a run: certified thresholds, or a plain warning that they are unverified."""
+    from shelver.pipeline import read_manifest
+
+    summary = (read_manifest(out / "train") or {}).get("summary", {}).get("thresholds", "")
+    if summary.startswith("thresholds unverified"):
+        summary += (
+            "; give --labeled-sample (a few hundred real queries, labeled by people) or import "
+            "reviewed labels (shelver labels import) to certify them"
+        )
+    click.echo(summary, err=True)
 
 
 def _label_overrides(

@@ -28,9 +28,24 @@ def _evaluate_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
         write_report(evaluation, directory / name, title=f"bootstrap: {name} ({data.origin})")
         metrics[name] = evaluation.metrics
     table = comparison(metrics)
+    table["thresholds"] = thresholds_section(model.calibrated_on_)
     (directory / "comparison.json").write_text(json.dumps(table, indent=2) + "\n")
     (directory / "report.md").write_text(render_comparison(table))
-    return {"sets": {k: v["n"] for k, v in metrics.items()}}
+    return {"sets": {k: v["n"] for k, v in metrics.items()}, "thresholds": table["thresholds"]["summary"]}
+
+
+def thresholds_section(fitted_on: dict[str, Any] | None) -> dict[str, Any]:
+    """What the thresholds promise: the one-line summary and, per level, the figures measured
+    on the rows that fitted them (out of fold when the labeled sample also trained)."""
+    from shelver.calibration import describe_fitted_on
+
+    fitted_on = fitted_on or {}
+    return {
+        "summary": describe_fitted_on(fitted_on or None),
+        "verified": bool(fitted_on.get("human")),
+        "cross_fitted": fitted_on.get("cross_fitted_folds") is not None,
+        "levels": fitted_on.get("levels", {}),
+    }
 
 
 COMPARED = (
@@ -79,7 +94,9 @@ def render_comparison(table: dict[str, Any]) -> str:
         "# bootstrap: how good is the model?",
         "",
         "`llm_heldout`: the held-out share of the LLM-labeled log (labels from the labeler, not people).",
-        "`real_sample`: the labeled sample of real queries, when given (never trained on).",
+        "`real_sample`: the labeled sample of real queries, when given. With enough rows it also trains",
+        "the model (human labels outrank machine ones), so its accuracy here is in-sample; the honest",
+        "figures are the thresholds' own, measured out of fold (below).",
         "",
         "| " + " | ".join(header) + " |",
         "|---|" + "---:|" * (len(header) - 1),
@@ -87,7 +104,26 @@ def render_comparison(table: dict[str, Any]) -> str:
     for row in table["rows"]:
         cells = [_fmt(row.get(s)) for s in sets] + ([_fmt(row.get("gap"), signed=True)] if has_gap else [])
         lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _thresholds_lines(table.get("thresholds"))) + "\n"
+
+
+def _thresholds_lines(section: dict[str, Any] | None) -> list[str]:
+    if not section:
+        return []
+    lines = ["", "## Thresholds", "", f"{section['summary']}.", ""]
+    if section["levels"]:
+        where = "out of fold" if section["cross_fitted"] else "on the calibration rows"
+        lines += [
+            f"| level | threshold | coverage ({where}) | precision | certified lower bound | labels needed |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for level, fit in section["levels"].items():
+            need = "" if fit.get("labels_needed") is None else f"{fit['labels_needed']:,}"
+            lines.append(
+                f"| {level} | {min(fit['threshold'], 1.0):.3f} | {fit['coverage']:.3f} | "
+                f"{fit['precision']:.3f} | {fit['lower_bound']:.3f} | {need} |"
+            )
+    return lines
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:
