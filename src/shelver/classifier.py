@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from shelver import drift
 from shelver.calibration import (
     HUMAN,
     Calibration,
@@ -351,8 +352,9 @@ class HierarchicalClassifier(ParamsMixin):
         raw = (raw[0][used], raw[1][used])
         leaf_category = self.taxonomy_.leaf_category_array
         self.calibration_ = Calibration.fit(*raw, leaves, leaf_category, self.head_.leaf_first)
+        scores = self._scores(raw)
         self.thresholds_, fits = choose_thresholds(
-            self._scores(raw),
+            scores,
             texts_used,
             leaves,
             self.taxonomy_,
@@ -362,7 +364,12 @@ class HierarchicalClassifier(ParamsMixin):
             self.delta,
         )
         fitted_on = provenance(texts, source, used, self.target_precision, self.delta, fits)
-        self.calibrated_on_ = {"fingerprint": _fingerprint(texts_used, labels[used]), **fitted_on}
+        codes = decide(scores.conf1, scores.conf2, self.thresholds_)
+        self.calibrated_on_ = {
+            "fingerprint": _fingerprint(texts_used, labels[used]),
+            **fitted_on,
+            "reference": drift.reference(scores.conf1, scores.conf2, codes),  # what live traffic is held to
+        }
         return self
 
     def _init_decisions(self) -> None:

@@ -115,7 +115,7 @@ async def reload_audited(
         audit(old, err.version, "refused", str(err), source, client)
         raise
     metrics.reloads.labels("ok").inc()
-    metrics.serving(new.version, old.version if old else None)
+    metrics.serving(new.version, old.version if old else None, new.reference)
     audit(old, new.version, "accepted", "", source, client)
     return new
 

@@ -76,7 +76,7 @@ def _lifespan(slot: ModelSlot, metrics: ServiceMetrics):
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if slot.current is None:
             slot.current = slot.load(slot.settings.model)
-        metrics.serving(slot.current.version)
+        metrics.serving(slot.current.version, reference=slot.current.reference)
         _freeze_heap()
         hup = _on_sighup(slot, metrics)
         yield

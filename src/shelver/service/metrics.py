@@ -21,6 +21,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from shelver import drift
+
 disable_created_metrics()  # the *_created series double the output and no dashboard reads them
 
 # the request path is about a millisecond: resolve well below it, and up to the timeouts
@@ -43,6 +45,7 @@ LATENCY_BUCKETS = (
     10,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LEVELS = ("level1", "level2")
 ROUTES = ("/v1/classify", "/v1/model", "/healthz", "/readyz", "/metrics", "/admin/reload")
 
 
@@ -72,6 +75,14 @@ class ServiceMetrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.confidence = Histogram(
+            "shelver_confidence",
+            "Calibrated confidence of each query's best path, per level",
+            ["level"],
+            buckets=drift.EDGES,
+            registry=r,
+        )
+        self.drift = DriftGauges(r)
         self.model = Gauge(
             "shelver_model_info",
             "The served model (value 1)",
@@ -95,13 +106,23 @@ class ServiceMetrics:
             counts[key] = counts.get(key, 0) + 1
         for decision, n in counts.items():
             self.decisions.labels(decision).inc(n)
+        confidences = [p["confidence"] for p in predictions if len(p.get("confidence", ())) == 2]
+        for level, values in zip(LEVELS, zip(*confidences, strict=True), strict=True):
+            for value in values:
+                self.confidence.labels(level).observe(value)
+        self.drift.observe(confidences, counts)
 
-    def serving(self, version: str, previous: str | None = None) -> None:
+    def serving(
+        self, version: str, previous: str | None = None, reference: dict[str, Any] | None = None
+    ) -> None:
+        """A model starts serving: its version, and the calibration sample live traffic is held to."""
         if previous is not None and previous != version:
             self.model.remove(previous)
         self.model.labels(version).set(1)
+        self.drift.hold_to(reference)
 
     def render(self) -> tuple[bytes, str]:
+        self.drift.update()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
 
@@ -109,3 +130,67 @@ class ServiceMetrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class DriftGauges:
+    """Live traffic against the calibration sample (``shelver.drift``), per level and worker:
+    the population stability index of the confidences, and the answered share expected (from
+    the sample) and seen. Counted since the model started serving; no reference, no gauges."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        mode = {"multiprocess_mode": "liveall"}
+        self.psi = Gauge(
+            "shelver_confidence_psi",
+            "PSI of live vs calibration confidences",
+            ["level"],
+            registry=registry,
+            **mode,
+        )
+        self.expected = Gauge(
+            "shelver_answered_share_expected",
+            "Share the calibration sample answered",
+            ["level"],
+            registry=registry,
+            **mode,
+        )
+        self.live = Gauge(
+            "shelver_answered_share_live",
+            "Share of live queries answered",
+            ["level"],
+            registry=registry,
+            **mode,
+        )
+        self.reference: dict[str, Any] | None = None
+        self.hold_to(None)
+
+    def hold_to(self, reference: dict[str, Any] | None) -> None:
+        self.reference = reference if reference and reference.get("edges") == list(drift.EDGES) else None
+        self.counts = {level: [0] * len(drift.EDGES) for level in LEVELS}
+        self.decided = dict.fromkeys(drift.DECISION_NAMES, 0)
+
+    def observe(self, confidences: list[list[float]], decisions: dict[str, int]) -> None:
+        if self.reference is None:
+            return
+        for level, values in zip(LEVELS, zip(*confidences, strict=True), strict=True):
+            for i, n in enumerate(drift.bin_counts(values)):
+                self.counts[level][i] += n
+        for name, n in decisions.items():
+            if name in self.decided:
+                self.decided[name] += n
+
+    def update(self) -> None:
+        if self.reference is None:
+            return
+        shares = _answered(self.reference["decisions"])
+        total = sum(self.decided.values())
+        live = _answered({k: v / total for k, v in self.decided.items()}) if total else None
+        for level in LEVELS:
+            self.psi.labels(level).set(drift.psi(self.reference[level], self.counts[level]))
+            self.expected.labels(level).set(shares[level])
+            if live is not None:
+                self.live.labels(level).set(live[level])
+
+
+def _answered(shares: dict[str, float]) -> dict[str, float]:
+    """Decision shares as the answered share per level (level 1: full paths and categories)."""
+    return {"level1": shares["full"] + shares["category"], "level2": shares["full"]}

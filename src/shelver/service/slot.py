@@ -54,6 +54,11 @@ class Served:
     answers: AnswerCache = field(default_factory=lambda: AnswerCache(0))
     batch_gap: float = 0.0  # how far a batch moves its confidences (batcher.batch_gap), at load
 
+    @property
+    def reference(self) -> dict[str, Any] | None:
+        """The calibration rows' confidences and decisions, which live traffic is compared with."""
+        return (getattr(self.model, "calibrated_on_", None) or {}).get("reference")
+
 
 class AnswerCache:
     """The answers to the last ``size`` distinct queries (least recently used go first).
@@ -220,7 +225,17 @@ def describe(model: Any, root: Path) -> dict[str, Any]:
         "encoder": {"trained_with": params.get("encoder"), "serving": model.encoder_.spec.split(":")[0]},
         "export": manifest.get("exports", {}).get("onnx"),
         "thresholds": _thresholds(params, manifest),
+        "thresholds_fitted_on": _fitted_on(model),
     }
+
+
+def _fitted_on(model: Any) -> dict[str, Any]:
+    """What the thresholds promise, in one line and in full (less the drift reference histograms)."""
+    from shelver.calibration import describe_fitted_on
+
+    fitted_on = getattr(model, "calibrated_on_", None)
+    detail = {k: v for k, v in (fitted_on or {}).items() if k != "reference"}
+    return {"summary": describe_fitted_on(fitted_on), **detail}
 
 
 def _thresholds(params: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any] | None:
