@@ -65,8 +65,9 @@ def test_predict_outputs_decisions(trained, tmp_path):
     queries.write_text("red boots\nblue\nzzz qqq\n")
     result = CliRunner().invoke(main, ["predict", "--model", str(trained), "--input", str(queries)])
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.output.splitlines()]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 3
+    assert result.stderr.startswith("thresholds")  # what the decisions promise, on stderr
     for row in rows:
         assert row["decision"] in ("full", "category", "abstain") and row["reason"]
         assert row["paths"] == ([] if row["decision"] == "abstain" else [row["path"]])

@@ -16,6 +16,7 @@ from shelver.cli.common import (
     taxonomy_option,
     train_option,
 )
+from shelver.config import DecisionConfig
 
 
 @main.command()
@@ -110,9 +111,11 @@ def predict(model_dir: Path, input_path: Path | None, text_column: str, batch_si
     """Classify queries; write one JSON object per query to stdout."""
     from tqdm.auto import tqdm
 
+    from shelver.calibration import describe_fitted_on
     from shelver.data import read_queries
 
     model = _load(model_dir, None).set_params(progress=False)
+    click.echo(describe_fitted_on(model.calibrated_on_), err=True)  # what the decisions promise
     queries = read_queries(input_path, text_column)
     starts = range(0, len(queries), batch_size)
     # a bar (on stderr) only where the wait is long enough to need one
@@ -139,7 +142,9 @@ def _evaluate_and_print(model, data, out: Path, model_dir: Path | None = None) -
 
         refresh_model_card(model_dir)  # DIR/valid, DIR/test: the model card shows the figures
     tables = f"{summary_table(evaluation.metrics)}\n\n{confidence_table(evaluation.metrics)}"
-    click.echo(f"{data.origin}:\n{tables}\nreport: {out}/report.html")
+    click.echo(
+        f"{data.origin}:\n{tables}\n{evaluation.metrics['calibration']['summary']}\nreport: {out}/report.html"
+    )
 
 
 # ---- issue 4: calibration, thresholds, decisions ---------------------------------------------
@@ -150,15 +155,33 @@ def _evaluate_and_print(model, data, out: Path, model_dir: Path | None = None) -
     "--target-precision", type=float, help="Choose thresholds so each level reaches this precision."
 )
 @click.option("--thresholds", help="Set the thresholds by hand instead: LEVEL1,LEVEL2 (e.g. 0.5,0.7).")
+@click.option(
+    "--delta",
+    type=float,
+    help="Certify each level's precision with probability 1 - DELTA (default: the model's, "
+    f"{DecisionConfig.delta} unless trained otherwise).",
+)
+@click.option("--point-estimate", is_flag=True, help="Thresholds from the point estimate, with no guarantee.")
 def calibrate(
-    model_dir: Path, valid_path: Path, target_precision: float | None, thresholds: str | None
+    model_dir: Path,
+    valid_path: Path,
+    target_precision: float | None,
+    thresholds: str | None,
+    delta: float | None,
+    point_estimate: bool,
 ) -> None:
-    """Re-fit temperatures and thresholds of a trained model on --valid, without retraining."""
+    """Re-fit temperatures and thresholds of a trained model on --valid, without retraining.
+
+    Human-labeled rows of --valid (no 'source' column: all of them) set the thresholds; machine
+    labels do only when no row is human-labeled, and the thresholds then say they are unverified.
+    """
     from shelver.data import read_labeled
 
     model = _load(model_dir, None)
     if target_precision is not None or thresholds is not None:
         model.set_params(target_precision=target_precision, thresholds=_parse_thresholds(thresholds))
+    if delta is not None or point_estimate:
+        model.set_params(delta=None if point_estimate else delta)
     valid = read_labeled(valid_path, model.taxonomy_)
     model.calibrate(valid.texts, valid.y, valid.source)
     model.save(model_dir)
