@@ -140,6 +140,8 @@ def test_reviewed_queries_come_back_as_human_labels(inputs: dict[str, Path], tmp
     assert statuses["label"] == "skipped" and statuses["select"] == "ran"
     train = pd.concat([pd.read_csv(out / "select" / f) for f in ("train.csv", "valid.csv")])
     assert (train["source"] == "human").sum() == 2
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 2 and rounds[1]["human_rows"] > rounds[0]["human_rows"]  # each round recorded
     assert not set(review["text"][reviewed]) & set(pd.read_csv(out / "review" / "review.csv")["text"])
 
 
@@ -433,3 +435,22 @@ def test_without_human_labels_the_thresholds_say_they_are_unverified(
     assert summary["human_rows"] == 0
     assert summary["thresholds"].startswith("thresholds unverified: fitted on machine labels")
     assert "thresholds unverified" in (out / "evaluate" / "report.md").read_text()
+
+
+def test_calibration_sample_is_traffic_weighted_and_stratified(tiny_xy, taxonomy) -> None:
+    import numpy as np
+
+    from shelver import HierarchicalClassifier
+    from shelver.pipeline.review import calibration_sample
+
+    texts, y = tiny_xy
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", target_precision=0.8).fit(texts, y)
+    model.calibrate(texts, y)
+    log = [(f"{t} {i}", 1000 if i % 10 == 0 else 1) for i, t in enumerate(texts * 5)]
+    frame = calibration_sample(model, log, 40, 4, seed=0)
+    assert len(frame) == 40 and frame["text"].is_unique and (frame["human_path"] == "").all()
+    assert sorted(frame["stratum"].value_counts().tolist()) == [10, 10, 10, 10]
+    frequent = np.mean([c == 1000 for _, c in log])
+    assert (frame["count"] == 1000).mean() > 3 * frequent  # drawn in proportion to traffic
+    near = (frame["confidence"] - min(model.thresholds_.level2, 1.0)).abs()
+    assert near.is_monotonic_increasing  # the rows nearest the threshold come first

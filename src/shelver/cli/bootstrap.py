@@ -94,7 +94,11 @@ def bootstrap(
     with llama_log(out, config.label.backends, verbose):
         run_pipeline(ctx, start_from, echo=lambda line: click.echo(line, err=True))
     click.echo((out / "evaluate" / "report.md").read_text())
-    click.echo(f"model: {out}/export/model; queries to review: {out}/review/review.csv", err=True)
+    click.echo(
+        f"model: {out}/export/model; queries to review: {out}/review/review.csv; to certify the "
+        f"thresholds, label all of {out}/review/calibration_sample.csv",
+        err=True,
+    )
     _say_what_the_thresholds_promise(out)
 
 

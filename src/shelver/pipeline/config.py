@@ -83,6 +83,12 @@ class ExportStage:
 class ReviewStage:
     # rows in the review CSV: abstentions first in frequency order, then the least sure answers
     limit: int = 500
+    # rows in calibration_sample.csv, a traffic-weighted sample stratified by confidence: 300
+    # labeled queries certified precision 0.9 on grocery query-form traffic at most of the point
+    # estimate's coverage (benchmarks/results/real_query_confidence.md)
+    calibration_rows: int = 300
+    # confidence strata of calibration_sample.csv (equal traffic each)
+    strata: int = 5
 
 
 def _bootstrap_train_default() -> TrainConfig:

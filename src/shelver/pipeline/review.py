@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from shelver.pipeline.runner import RunContext, file_hash
@@ -13,6 +14,7 @@ from shelver.pipeline.select import sample_texts, store_path
 from shelver.taxonomy import format_path
 
 REVIEW_FILE = "review.csv"
+SAMPLE_FILE = "calibration_sample.csv"
 
 
 def _review_inputs(ctx: RunContext) -> dict[str, Any]:
@@ -34,12 +36,67 @@ def _review_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     queries = [(q, c) for q, c in logged if q not in human and q not in sample]
     frame = review_frame(model, queries, ctx.config.review.limit)
     frame.to_csv(directory / REVIEW_FILE, index=False)
+    cfg = ctx.config.review
+    calibration = calibration_sample(model, queries, cfg.calibration_rows, cfg.strata, ctx.config.train.seed)
+    calibration.to_csv(directory / SAMPLE_FILE, index=False)
     return {
         "rows": len(frame),
         "abstained": int((frame["decision"] != "full").sum()),
         "log_queries": len(queries),
         "labeled_sample_queries_left_out": sum(q in sample for q, _ in logged),
+        "calibration_sample_rows": len(calibration),
     }
+
+
+def calibration_sample(
+    model: Any, queries: list[tuple[str, int]], n: int, strata: int, seed: int
+) -> pd.DataFrame:
+    """Queries to label next so the thresholds can be certified at more coverage.
+
+    A certificate holds for the traffic its labels were drawn from, so this is a sample of
+    served traffic: queries drawn with probability proportional to their count (frequent queries
+    first in expectation), stratified into ``strata`` bands of the model's full-path confidence
+    of equal traffic, ``n / strata`` from each. Label it whole: a part chosen by hand is no longer
+    a sample of traffic. Bands nearest the level-2 threshold come first in the file.
+    """
+    columns = ["text", "count", "label", "decision", "confidence", "stratum", "human_path"]
+    if not queries or n <= 0:
+        return pd.DataFrame(columns=columns)
+    texts, counts = [q for q, _ in queries], np.array([c for _, c in queries], dtype=np.float64)
+    predictions = model.classify(texts)
+    confidence = np.array([float(p.confidence[-1]) for p in predictions])
+    band = _traffic_bands(confidence, counts, strata)
+    rng, chosen = np.random.default_rng(seed), []
+    for b in range(strata):
+        rows = np.flatnonzero(band == b)
+        k = min(len(rows), round(n / strata))
+        if k:
+            chosen += rng.choice(rows, k, replace=False, p=counts[rows] / counts[rows].sum()).tolist()
+    frame = pd.DataFrame(
+        {
+            "text": [texts[i] for i in chosen],
+            "count": counts[chosen].astype(int),
+            "label": [format_path(predictions[i].candidate) for i in chosen],
+            "decision": [predictions[i].decision for i in chosen],
+            "confidence": np.round(confidence[chosen], 6),
+            "stratum": band[chosen],
+            "human_path": "",
+        }
+    )
+    threshold = min(float(model.thresholds_.level2), 1.0)
+    frame["_near"] = (frame["confidence"] - threshold).abs()
+    return frame.sort_values(["_near", "count"], ascending=[True, False], kind="stable")[columns].reset_index(
+        drop=True
+    )
+
+
+def _traffic_bands(confidence: np.ndarray, counts: np.ndarray, strata: int) -> np.ndarray:
+    """Band of each query: ``strata`` confidence ranges holding equal shares of the traffic."""
+    order = np.argsort(confidence, kind="stable")
+    share = np.cumsum(counts[order]) / counts.sum()
+    band = np.empty(len(confidence), dtype=int)
+    band[order] = np.minimum((share * strata - 1e-9).astype(int), strata - 1)
+    return band
 
 
 def _human_labeled(ctx: RunContext) -> set[str]:
