@@ -68,14 +68,16 @@ def cached_encoder(texts: list[str], vectors: np.ndarray) -> Any:
 
 def run(config: TrainConfig, taxonomy: Taxonomy, data: dict[str, LabeledData], encoder: Any) -> dict:
     """Train as ``shelver train --valid`` does; test figures and the training time."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model = train_model(config, taxonomy, data["train"], progress=False, valid=data["valid"], encoder=encoder)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     metrics = evaluate(model, data["test"]).metrics
     return {
         "model": model,
         "configuration": {"head": model.head, "router": model.router, "class_weight": model.class_weight},
         "train_seconds": round(seconds, 1),
+        # CPU seconds of this process: what the training itself cost, whatever the neighbours ran
+        "train_cpu_seconds": round(cpu, 1),
         "level1_accuracy": round(metrics["level1"]["accuracy"], 4),
         "level2_accuracy": round(metrics["level2"]["accuracy"], 4),
         "level2_macro_f1": round(metrics["level2"]["macro_f1"], 4),
@@ -120,6 +122,7 @@ def measure(dataset: str) -> dict:
         "representation_best": {**represented, "same_as_chosen": same},
         "selection": selection,
         "selection_over_alone": round(defaults["train_seconds"] / alone["train_seconds"], 2),
+        "selection_over_alone_cpu": round(defaults["train_cpu_seconds"] / alone["train_cpu_seconds"], 2),
     }
 
 
@@ -140,11 +143,13 @@ def markdown(results: list[dict], load: dict[str, list[float]]) -> str:
         "time below includes encoding. Every model is trained through `train_model` as",
         "`shelver train --valid` runs it (fit on train, calibrate on valid) and scored once on test.",
         "The 2 CPU cores were shared with three other agents' work (load average",
-        f"{load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end): the seconds are",
-        "indicative, the accuracies are not affected.",
+        f"{load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end): wall seconds measure the",
+        "neighbours as much as shelver, so the time goal is judged on the process's CPU seconds",
+        "(`time.process_time`); the accuracies are not affected.",
         "",
-        "| data set | model | configuration | L1 acc | L2 acc | L2 macro-F1 | tail macro-F1 | train s |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| data set | model | configuration | L1 acc | L2 acc | L2 macro-F1 | tail macro-F1 | train s "
+        "| CPU s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         for name, key in (
@@ -161,7 +166,7 @@ def markdown(results: list[dict], load: dict[str, list[float]]) -> str:
             ]
             lines.append(
                 f"| {r['dataset']} | {name} | {label} | {' | '.join(f'{x:.3f}' for x in figures)} "
-                f"| {row['train_seconds']:.0f} |"
+                f"| {row['train_seconds']:.0f} | {row['train_cpu_seconds']:.0f} |"
             )
     lines += ["", "## Goals", ""]
     lines += [
@@ -174,9 +179,9 @@ def markdown(results: list[dict], load: dict[str, list[float]]) -> str:
         lines.append(
             f"| {r['dataset']} | test {metric.replace('_', ' ')} >= {goal} | {got:.4f} | {got >= goal} |"
         )
-        ratio = r["selection_over_alone"]
-        goal = "selection time <= 2x the chosen candidate alone"
-        lines.append(f"| {r['dataset']} | {goal} | {ratio:.2f}x | {ratio <= 2} |")
+        for kind, key in (("CPU", "selection_over_alone_cpu"), ("wall", "selection_over_alone")):
+            goal = f"selection {kind} time <= 2x the chosen candidate alone"
+            lines.append(f"| {r['dataset']} | {goal} | {r[key]:.2f}x | {r[key] <= 2} |")
     for r in results:
         lines += ["", f"## {r['dataset']}: the selection (valid)", "", selection_table(r["selection"])]
     return "\n".join(lines) + "\n"
