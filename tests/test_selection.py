@@ -145,6 +145,16 @@ def test_without_valid_a_stratified_share_of_train_is_held_out_then_the_winner_r
     assert model.train_counts_.sum() == len(train)  # refitted on every row
 
 
+def test_with_too_few_rows_to_hold_out_the_first_candidate_is_kept_and_says_why(taxonomy):
+    from conftest import make_rows
+
+    train = as_data(make_rows(6, 0))  # 6 rows per subcategory: a tenth of each is none
+    model = train_model(hashing(), taxonomy, train, progress=False)
+    assert (model.head, model.class_weight) == ("flat", None)
+    assert model.selection_["n_scored"] == 0 and model.selection_["candidates"] == []
+    assert model.selection_["scored_on"].startswith("nothing (no --valid")
+
+
 def test_holdout_takes_a_share_of_every_subcategory_and_is_deterministic(taxonomy, tiny_frames):
     from collections import Counter
 

@@ -102,6 +102,11 @@ def select_and_fit(
     start = time.perf_counter()
     options = candidates(config)
     fit_on, scored_on = (data, valid) if valid is not None else holdout(data, taxonomy, config.seed)
+    if not len(scored_on):  # too few rows to hold any out: the first (simplest) candidate
+        model = build_model(options[0].apply(config), taxonomy, progress, encoder)
+        model.fit(data.texts, data.y, source=data.source)
+        model.selection_ = _unscored(options[0], time.perf_counter() - start)
+        return model
     base = build_model(options[0].apply(config), taxonomy, progress, encoder)
     base.fit(fit_on.texts, fit_on.y, source=fit_on.source)
     shared = time.perf_counter() - start  # encoding, the vocabulary and the first head
@@ -110,7 +115,7 @@ def select_and_fit(
     best = _choose(rows, correct)
     model = models[best]
     if valid is None:  # refit the winner on every training row, reusing the encoder's cache
-        model = build_model(options[best].apply(config), taxonomy, progress).set_params(encoder=base.encoder_)
+        model = build_model(options[best].apply(config), taxonomy, progress, base.encoder_)
         model.fit(data.texts, data.y, source=data.source)
     model.selection_ = _record(rows, best, scored_on, valid is None, time.perf_counter() - start)
     return model
@@ -281,6 +286,20 @@ def _record(
         "per_group_minus_flat": _per_group_margin(rows),
         # the first candidate's fit_seconds include encoding the data and building the vocabulary,
         # which every candidate reuses; each later candidate's is its head alone
+        "seconds": round(seconds, 1),
+    }
+
+
+def _unscored(first: Candidate, seconds: float) -> dict[str, Any]:
+    return {
+        "metric": METRIC,
+        "rule": "the first candidate: no subcategory had enough training rows to hold a share out",
+        "scored_on": "nothing (no --valid, and no subcategory with 10 training rows)",
+        "n_scored": 0,
+        "refit_on_all_train": False,
+        "chosen": first.to_dict(),
+        "candidates": [],
+        "per_group_minus_flat": None,
         "seconds": round(seconds, 1),
     }
 
