@@ -1,0 +1,96 @@
+"""mkdocs hook: the configuration reference, rendered from the configuration dataclasses.
+
+A line ``<!-- config-reference: shelver.config:TrainConfig -->`` in a page becomes one table per
+section: each field's key, its default and the comment written above it in the source. The
+dataclasses are the one place a default and its reason live; the docs read them there.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import inspect
+import json
+import re
+from typing import Any
+
+MARKER = re.compile(r"^<!-- config-reference: ([\w.]+):(\w+) -->$", re.MULTILINE)
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment lines directly above each field of ``cls``, joined into one sentence; a field
+    right under another with no comment of its own shares its neighbour's (``"as above"``)."""
+    lines, _ = inspect.getsourcelines(cls)
+    tree = ast.parse("".join(lines))
+    comments: dict[str, str] = {}
+    previous_end = -1
+    for node in tree.body[0].body:  # type: ignore[attr-defined]
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            comment = _comment_above(lines, node.lineno - 1)
+            shares = not comment and node.lineno - 1 == previous_end
+            comments[node.target.id] = "as above" if shares else comment
+            previous_end = node.end_lineno or node.lineno
+    return comments
+
+
+def _comment_above(lines: list[str], index: int) -> str:
+    found: list[str] = []
+    while index > 0 and lines[index - 1].strip().startswith("#"):
+        index -= 1
+        found.insert(0, lines[index].strip().lstrip("#").strip())
+    return " ".join(found)
+
+
+def render(cls: type) -> str:
+    """Markdown for the defaults of ``cls``: a table of its own fields, a section per nested one."""
+    return render_instance(cls(), "")
+
+
+def render_instance(instance: Any, prefix: str) -> str:
+    """The table of ``instance``'s plain fields (keys under ``prefix``), then its nested sections;
+    an instance, not a class, so a parent's own default for a section shows."""
+    comments = field_comments(type(instance))
+    plain = [
+        s for s in dataclasses.fields(instance) if not dataclasses.is_dataclass(getattr(instance, s.name))
+    ]
+    nested = [s for s in dataclasses.fields(instance) if s not in plain]
+    rows = [
+        f"| `{prefix}{s.name}` | `{toml_value(getattr(instance, s.name))}` | {_cell(comments[s.name])} |"
+        for s in plain
+    ]
+    table = "\n".join(["| key | default | why |", "| --- | --- | --- |", *rows]) if rows else ""
+    sections = [_section(f"{prefix}{s.name}", getattr(instance, s.name), comments[s.name]) for s in nested]
+    return "\n\n".join(part for part in [table, *sections] if part) + "\n"
+
+
+def _section(key: str, value: Any, comment: str) -> str:
+    why = f"{_cell(comment)}\n\n" if comment else ""
+    return f"### `[{key}]`\n\n{why}{render_instance(value, f'{key}.')}"
+
+
+def toml_value(value: Any) -> str:
+    """A default as it is written in a TOML file or after ``--set``."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def expand(markdown: str) -> str:
+    """Replace every marker line of a page with its rendered reference."""
+
+    def table(match: re.Match[str]) -> str:
+        cls = getattr(importlib.import_module(match.group(1)), match.group(2))
+        return render(cls)
+
+    return MARKER.sub(table, markdown)
+
+
+def on_page_markdown(markdown: str, **_: Any) -> str:
+    return expand(markdown)
