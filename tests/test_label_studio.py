@@ -145,8 +145,11 @@ for task in tasks:
     for prediction in task.get("predictions", []):
         errors = interface.validate_prediction(prediction, return_errors=True)
         assert not errors, (task["data"], errors)
-bad = {"result": [{"from_name": "nope", "to_name": "text", "type": "taxonomy", "value": {}}]}
-assert not interface.validate_prediction(bad), "the SDK accepted a region of no control"
+def region(name, kind, value):
+    return {"result": [{"from_name": name, "to_name": "text", "type": kind, "value": value}]}
+# the SDK reads the choices from the config: a name it lacks, or an answer other than 'none', is refused
+assert not interface.validate_prediction(region("path", "taxonomy", {"taxonomy": [["Shoes", "Nope"]]}))
+assert not interface.validate_prediction(region("verdict", "choices", {"choices": ["maybe"]}))
 # annotate: every task takes its pre-annotation, the first one a different path
 for i, task in enumerate(tasks):
     result = [dict(r) for p in task.get("predictions", [])[:1] for r in p["result"]]
