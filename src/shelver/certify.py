@@ -6,18 +6,24 @@ A threshold ``t`` answers the rows with confidence ``>= t``. On ``n`` labeled ro
 with the binomial tail ``P(Binom(a, target) >= h)`` (the p-value; its one-sided Clopper-Pearson
 form is the lower bound printed beside the point estimate).
 
-Learn-then-Test (Angelopoulos et al., 2021) turns the tests into a threshold: walk the
-thresholds from the most confident down, in a fixed order, and keep going while each test
-rejects at level ``delta``; the last one rejected is certified. Fixed-sequence testing controls
-the family-wise error at ``delta`` with no multiplicity correction, so the chosen threshold's
-precision is below the target with probability at most ``delta``.
+Learn-then-Test (Angelopoulos et al., 2021) turns the tests into a threshold: test candidate
+thresholds in a fixed order and keep going while each test rejects at level ``delta``; every
+threshold rejected is certified, and the lowest of them answers the most. Fixed-sequence
+testing controls the family-wise error at ``delta`` with no multiplicity correction, so the
+chosen threshold's precision is below the target with probability at most ``delta``.
 
-The walk starts at the first threshold that answers enough rows to reject at all (``a`` rows,
-all right, reject only when ``target ** a <= delta``: 22 rows at 0.9 / 0.1, 45 at 0.95). Where
-that start depends on the data it depends on the confidences only, never on the labels.
+The order must not depend on the rows that are tested. A third of the labeled rows chooses it
+(the candidates whose precision reaches the target there, the surest first) and the other two
+thirds test it. Walking from the most confident threshold down, with no split, stops at the
+first dip: on query-form traffic a title model is often sure and wrong about its most
+confident queries ("shirt"), and that walk certified nothing in most grocery resamples
+(benchmarks/results/real_query_confidence.md). A test needs enough answered rows to reject at
+all (``a`` rows, all right, reject only when ``target ** a <= delta``: 22 rows at 0.9 / 0.1, 45
+at 0.95).
 
 Every certified threshold is at least the point estimate's (the lowest threshold whose answers
-reach the target on the sample): a rejected test needs the sample precision above the target.
+reach the target on the sample): a candidate reaches it on the selection rows, a rejected test
+on the test rows, so it reaches it on all of them.
 NumPy and the standard library only: the service imports this module.
 """
 
@@ -31,6 +37,8 @@ import numpy as np
 
 # the certified walk tests one threshold per 2.5% of the sample's rows (40 tests at most)
 TEST_STEP = 0.025
+# the share of the labeled rows that chooses the order of the tests; the rest run them
+SELECT_SHARE = 1 / 3
 # an operating point answering fewer sample rows says too little to extrapolate from
 MIN_ESTIMATE_ROWS = 10
 # above every confidence: the level always abstains
@@ -101,32 +109,67 @@ def point_threshold(confidence: np.ndarray, correct: np.ndarray, target: float, 
 
 
 def certified_threshold(
-    confidence: np.ndarray, correct: np.ndarray, target: float, delta: float
+    confidence: np.ndarray, correct: np.ndarray, target: float, delta: float, seed: int = 0
 ) -> LevelFit:
-    """Learn-then-Test: the lowest threshold reached by fixed-sequence tests at level ``delta``."""
-    thresholds, coverage, precision = _curve(confidence, correct)
-    answered = np.rint(coverage * len(confidence)).astype(int)
-    hits = np.rint(precision * answered).astype(int)
-    lf, chosen = _log_factorials(len(confidence)), NEVER
-    for i in _test_points(answered, min_rows_to_certify(target, delta)):
-        if binomial_tail(int(hits[i]), int(answered[i]), target, lf) > delta:
+    """Learn-then-Test on a split: a third of the rows orders the candidate thresholds, the rest
+    tests them in that order at level ``delta``; the lowest threshold rejected is certified."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
+    select, test = _split(len(confidence), seed)
+    n_min, lf, chosen = min_rows_to_certify(target, delta), _log_factorials(len(test)), NEVER
+    for t in _ordered_candidates(confidence[select], correct[select], target, delta):
+        answered = confidence[test] >= t
+        a, h = int(answered.sum()), int(np.sum(correct[test] & answered))
+        if a < n_min or binomial_tail(h, a, target, lf) > delta:
             break
-        chosen = float(thresholds[i])
-    fit = _fit("certified", confidence, correct, chosen, delta)
+        chosen = min(chosen, t)
+    fit = _fit("certified", confidence[test], correct[test], chosen, delta)
+    fit = LevelFit(**{**fit.to_dict(), "rows": len(confidence)})
     if fit.certified:
         return fit
+    _, coverage, precision = _curve(confidence, correct)
     needed = labels_needed(coverage, precision, len(confidence), target, delta)
     return LevelFit(**{**fit.to_dict(), "labels_needed": needed})
 
 
+def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (select, test) rows; the same split every time for the same ``n`` and seed."""
+    order = np.random.default_rng(seed).permutation(n)
+    k = int(np.ceil(n * SELECT_SHARE))
+    return order[:k], order[k:]
+
+
+def _ordered_candidates(
+    confidence: np.ndarray, correct: np.ndarray, target: float, delta: float
+) -> list[float]:
+    """Thresholds worth testing, most promising first, from the selection rows alone.
+
+    The candidates are the selection curve's points every ``TEST_STEP`` of its rows whose
+    precision reaches the target; they are tested in order of their Clopper-Pearson bound on
+    the selection rows. A confident but wrong top of the curve (short queries a title model is
+    sure of) no longer stops the walk before it starts, as a walk from the top would.
+    """
+    thresholds, coverage, precision = _curve(confidence, correct)
+    answered = np.rint(coverage * len(confidence)).astype(int)
+    points = _test_points(answered, 1)
+    scored = [
+        (
+            precision_lower_bound(round(precision[i] * answered[i]), int(answered[i]), delta),
+            coverage[i],
+            i,
+        )
+        for i in points
+        if precision[i] >= target
+    ]
+    return [float(thresholds[i]) for _, _, i in sorted(scored, key=lambda x: (-x[0], -x[1]))]
+
+
 def _test_points(answered: np.ndarray, first: int) -> np.ndarray:
-    """Indices of the curve to test, most confident first: from ``first`` answered rows, then
-    every ``TEST_STEP`` of the rows more. Each test is a chance for the walk to stop, so fewer,
-    better-separated tests keep more coverage than one per distinct confidence."""
-    step = max(1, int(np.ceil(answered[-1] * TEST_STEP))) if len(answered) else 1
-    wanted = np.arange(first, answered[-1] + step, step) if len(answered) else np.array([], int)
-    points = np.searchsorted(answered, np.minimum(wanted, answered[-1] if len(answered) else 0))
-    return np.unique(points[points < len(answered)])
+    """Indices of the curve from ``first`` answered rows, then every ``TEST_STEP`` of the rows:
+    each test is a chance for the walk to stop, so fewer, better-separated tests keep more
+    coverage than one per distinct confidence."""
+    step = max(1, int(np.ceil(answered[-1] * TEST_STEP)))
+    wanted = np.minimum(np.arange(first, answered[-1] + step, step), answered[-1])
+    return np.unique(np.searchsorted(answered, wanted))
 
 
 def _fit(
