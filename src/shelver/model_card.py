@@ -53,6 +53,7 @@ FITTED_ON_KNOWN = (
     "delta",
     "method",
     "levels",
+    "reference",  # the drift histograms (shelver.drift): for the service, not for readers
 )
 
 
