@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,22 +191,63 @@ def test_the_swap_reaches_the_commands(docs_workspace: Path) -> None:
     assert params["encoder"].startswith("hashing")  # what ran
 
 
-@pytest.mark.parametrize("path", [p for p in pages() if any(b.lang in RUN for b in blocks(p))], ids=page_id)
-def test_page_examples_run(path: Path, docs_workspace: Path, tmp_path: Path) -> None:
-    cwd = tmp_path / "work"
-    shutil.copytree(docs_workspace, cwd)
+@dataclass(frozen=True)
+class PageRun:
+    ran: int
+    skipped: int
+    failure: str | None  # the first failing block, its code and its output
+
+
+def run_page(path: Path, workspace: Path, scratch: Path) -> PageRun:
+    """Every runnable block of ``path`` in order, in a copy of ``workspace``; stops at a failure."""
+    cwd = scratch / "work"
+    shutil.copytree(workspace, cwd)
     env = _env(cwd)
     runnable = [b for b in blocks(path) if b.lang in RUN]
-    skipped = [b for b in runnable if b.skip]
-    for block in runnable:
-        if block.skip:
-            continue
+    for count, block in enumerate(b for b in runnable if not b.skip):
         done = _run(block, cwd, env)
-        assert done.returncode == 0, (
-            f"{block.page}:{block.line} ({block.lang}) exited {done.returncode}\n"
-            f"{block.code}\n--- stdout\n{done.stdout[-1500:]}\n--- stderr\n{done.stderr[-3000:]}"
-        )
-    print(f"{page_id(path)}: {len(runnable) - len(skipped)} blocks ran, {len(skipped)} skipped")
+        if done.returncode != 0:
+            failure = (
+                f"{block.page}:{block.line} ({block.lang}) exited {done.returncode}\n"
+                f"{block.code}\n--- stdout\n{done.stdout[-1500:]}\n--- stderr\n{done.stderr[-3000:]}"
+            )
+            return PageRun(count, sum(1 for b in runnable if b.skip), failure)
+    skipped = sum(1 for b in runnable if b.skip)
+    return PageRun(len(runnable) - skipped, skipped, None)
+
+
+RUNNABLE_PAGES = [p for p in pages() if any(b.lang in RUN for b in blocks(p))]
+
+
+@pytest.fixture(scope="session")
+def page_runs(docs_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, PageRun]:
+    """All pages at once, one thread per core: each waits on its own subprocesses."""
+    workers = max(1, min(len(RUNNABLE_PAGES), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {
+            page_id(path): pool.submit(run_page, path, docs_workspace, tmp_path_factory.mktemp("page"))
+            for path in RUNNABLE_PAGES
+        }
+    return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("path", RUNNABLE_PAGES, ids=page_id)
+def test_page_examples_run(path: Path, page_runs: dict[str, PageRun]) -> None:
+    run = page_runs[page_id(path)]
+    assert run.failure is None, run.failure
+    assert run.ran == sum(1 for b in blocks(path) if b.lang in RUN and not b.skip)
+    print(f"{page_id(path)}: {run.ran} blocks ran, {run.skipped} skipped")
+
+
+def test_skipped_blocks_are_counted_and_few(page_runs: dict[str, PageRun]) -> None:
+    """A skip is for what cannot run here (an endpoint of yours, a server, minutes of work), and
+    says so; most blocks run."""
+    ran = sum(run.ran for run in page_runs.values())
+    skipped = sum(run.skipped for run in page_runs.values())
+    reasons = [b.skip for path in pages() for b in blocks(path) if b.skip]
+    assert len(reasons) == skipped and all(len(reason.split()) >= 3 for reason in reasons)
+    print(f"docs examples: {ran} blocks ran, {skipped} skipped")
+    assert ran > 2 * skipped
 
 
 def test_a_failing_block_fails(docs_workspace: Path, tmp_path: Path) -> None:
