@@ -305,6 +305,15 @@ def test_config_reference_page_uses_the_hook() -> None:
     ]
 
 
+def test_benchmark_table_lists_every_script_with_its_description_and_pages() -> None:
+    table = _hook().benchmark_table()
+    scripts = sorted(p.name for p in (REPO / "benchmarks").glob("[!_]*.py"))
+    assert [line.split("|")[1].strip(" `") for line in table.splitlines()[2:]] == scripts
+    heads = next(line for line in table.splitlines() if line.startswith("| `heads.py`"))
+    assert "Flat vs masked vs per-group heads" in heads and "`heads.md`" in heads
+    assert "<!-- benchmark-scripts -->" in (DOCS / "guides" / "benchmarks.md").read_text()
+
+
 def test_docs_build_strictly(tmp_path: Path) -> None:
     """mkdocs --strict: every nav entry exists, every link and anchor resolves, every docstring
     of the API reference renders. A few seconds."""

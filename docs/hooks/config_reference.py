@@ -1,8 +1,10 @@
-"""mkdocs hook: the configuration reference, rendered from the configuration dataclasses.
+"""mkdocs hook: reference tables rendered from the code, so nothing is written twice.
 
 A line ``<!-- config-reference: shelver.config:TrainConfig -->`` in a page becomes one table per
 section: each field's key, its default and the comment written above it in the source. The
 dataclasses are the one place a default and its reason live; the docs read them there.
+A line ``<!-- benchmark-scripts -->`` becomes a table of ``benchmarks/*.py``: each script's first
+docstring paragraph and the result pages it wrote.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import importlib
 import inspect
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 MARKER = re.compile(r"^<!-- config-reference: ([\w.]+):(\w+) -->$", re.MULTILINE)
+BENCHMARKS_MARKER = "<!-- benchmark-scripts -->"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -89,7 +94,25 @@ def expand(markdown: str) -> str:
         cls = getattr(importlib.import_module(match.group(1)), match.group(2))
         return render(cls)
 
-    return MARKER.sub(table, markdown)
+    markdown = MARKER.sub(table, markdown)
+    return (
+        markdown.replace(BENCHMARKS_MARKER, benchmark_table()) if BENCHMARKS_MARKER in markdown else markdown
+    )
+
+
+def benchmark_table(root: Path = BENCHMARKS) -> str:
+    """One row per benchmark script (helpers starting with ``_`` left out)."""
+    rows = ["| script | what it measures | results |", "| --- | --- | --- |"]
+    for script in sorted(root.glob("[!_]*.py")):
+        pages = sorted((root / "results").glob(f"{script.stem}*.md"))
+        written = ", ".join(f"`{page.name}`" for page in pages) or "none committed"
+        rows.append(f"| `{script.name}` | {_cell(_summary(script))} | {written} |")
+    return "\n".join(rows) + "\n"
+
+
+def _summary(script: Path) -> str:
+    doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
+    return " ".join(doc.split("\n\n")[0].split())
 
 
 def on_page_markdown(markdown: str, **_: Any) -> str:
