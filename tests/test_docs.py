@@ -16,8 +16,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 BIN = Path(sys.executable).parent
+SERVE = "shelver serve "  # a block starting so runs beside its server
 RUN = ("bash", "python")  # the languages of command and code blocks; any other is shown, not run
 SHOWN = ("text", "json", "toml")
 CATEGORIES = ("Shoes", "Lips")  # 10 subcategories: enough for every command, fast to fit
@@ -154,6 +158,8 @@ def _env(root: Path) -> dict[str, str]:
 
 
 def _run(block: Block, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    if block.lang == "bash" and block.code.startswith(SERVE):
+        return _run_beside_server(block, cwd, env)
     if block.lang == "python":
         command = [str(BIN / "python"), "-c", block.code]
     else:
@@ -161,6 +167,43 @@ def _run(block: Block, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPr
     return subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT, check=False
     )
+
+
+def _run_beside_server(block: Block, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A block that starts with ``shelver serve``: the server runs in the background (on a free
+    port, which replaces the page's in every line) until the block's other lines are done."""
+    written = re.search(r"--port (\d+)", block.code.splitlines()[0])
+    assert written, f"{block.page}:{block.line}: a serve block names its --port"
+    port = str(_free_port())
+    code = block.code.replace(f"--port {written[1]}", f"--port {port}").replace(f":{written[1]}", f":{port}")
+    serve, rest = code.split("\n", 1)
+    log = cwd / f"serve-{block.line}.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(["bash", "-c", f"exec {serve}"], cwd=cwd, env=env, stdout=out, stderr=out)
+    try:
+        if not _ready(f"http://127.0.0.1:{port}/readyz", server):
+            return subprocess.CompletedProcess(serve, 1, "", log.read_text())
+        return _run(dataclasses.replace(block, code=rest), cwd, env)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ready(url: str, server: subprocess.Popen, timeout: float = 90.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            time.sleep(0.2)
+    return False
 
 
 @pytest.fixture(scope="session")
