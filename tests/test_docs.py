@@ -5,7 +5,8 @@ Each page runs in its own scratch directory holding a small copy of ``examples/f
 categories, a few rows per subcategory) and a model trained by the quickstart command at
 ``runs/fashion``. A ``sitecustomize`` module swaps the MiniLM encoder for the torch-free hashing
 encoder in every process the blocks start, so a block is the command a reader pastes and runs in
-seconds. A block that cannot run here is marked ``<!-- skip: reason -->`` on the line above it.
+seconds. A block that starts with ``shelver serve`` runs beside its server. A block that cannot
+run here is marked ``<!-- skip: reason -->`` on the line above it.
 """
 
 from __future__ import annotations
@@ -306,7 +307,7 @@ def test_a_failing_block_fails(docs_workspace: Path, tmp_path: Path) -> None:
 
 
 def _hook():
-    spec = importlib.util.spec_from_file_location("config_reference", DOCS / "hooks" / "config_reference.py")
+    spec = importlib.util.spec_from_file_location("reference_tables", DOCS / "hooks" / "reference_tables.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
