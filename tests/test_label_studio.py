@@ -69,6 +69,38 @@ def test_tasks_carry_the_stored_labels_as_pre_annotations(store: Path, tmp_path:
         assert " > ".join(result["value"]["taxonomy"][0]) == label["path"]
 
 
+def test_a_trained_model_adds_its_answer(store: Path, hashing_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tasks.json"
+    result = invoke(
+        "labels",
+        "export",
+        "--store",
+        store,
+        "--out",
+        out,
+        "--format",
+        "label-studio",
+        "--model",
+        hashing_model_dir,
+    )
+    assert result.exit_code == 0, result.output
+    for task in json.loads(out.read_text()):
+        labeler, model = task["predictions"]
+        assert labeler["model_version"] == task["data"]["source"]
+        assert model["model_version"] == f"shelver:{hashing_model_dir.name}" and 0 <= model["score"] <= 1
+        (path,) = model["result"][0]["value"]["taxonomy"]
+        assert len(path) == 2 and path[0] in {"Shoes", "Bags", "Tops"}
+
+
+def test_model_without_label_studio_is_a_usage_error(
+    store: Path, hashing_model_dir: Path, tmp_path: Path
+) -> None:
+    result = invoke(
+        "labels", "export", "--store", store, "--out", tmp_path / "t.csv", "--model", hashing_model_dir
+    )
+    assert result.exit_code == 2 and "--model pre-annotates Label Studio tasks" in result.output
+
+
 def annotated(tasks: list[dict], answers: dict[str, list[dict]]) -> list[dict]:
     """A Label Studio JSON export: the tasks with ids and the given annotations."""
     return [

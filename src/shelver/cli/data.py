@@ -175,6 +175,12 @@ def labels() -> None:
     help="label-studio: --out is a JSON task file, every stored query pre-annotated with its label, "
     "and OUT.label_config.xml the labeling interface (filters do not apply).",
 )
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    help="label-studio: pre-annotate with this trained model's answer too.",
+)
 def labels_export(
     store_path: Path,
     out: Path,
@@ -182,6 +188,7 @@ def labels_export(
     min_agreement: float,
     taxonomy_path: Path | None,
     out_format: str,
+    model_dir: Path | None,
 ) -> None:
     """Write a training file with a 'source' column; every path is checked against the taxonomy.
     Or, with --format label-studio, tasks to review in Label Studio."""
@@ -189,8 +196,10 @@ def labels_export(
     from shelver.taxonomy import Taxonomy
 
     if out_format == "label-studio":
-        _export_label_studio(store_path, out)
+        _export_label_studio(store_path, out, model_dir)
         return
+    if model_dir is not None:
+        raise click.UsageError("--model pre-annotates Label Studio tasks: add --format label-studio")
     taxonomy = Taxonomy.load(taxonomy_path) if taxonomy_path else None
     with LabelStore(store_path, create=False) as store:
         frame, skipped = export_frame(store, min_confidence, min_agreement, taxonomy)
@@ -203,12 +212,15 @@ def labels_export(
     )
 
 
-def _export_label_studio(store_path: Path, out: Path) -> None:
+def _export_label_studio(store_path: Path, out: Path, model_dir: Path | None) -> None:
     from shelver.labeling import LabelStore
     from shelver.labeling.label_studio import write_tasks
+    from shelver.model_dir import load_model
 
     with LabelStore(store_path, create=False) as store:
-        tasks, config, count = write_tasks(store, out)
+        model = load_model(model_dir, taxonomy=store.taxonomy()) if model_dir else None
+        version = f"shelver:{model_dir.name}" if model_dir else "shelver"
+        tasks, config, count = write_tasks(store, out, model, version)
     click.echo(
         f"wrote {count:,} Label Studio tasks to {tasks} and the labeling config to {config}; "
         "import the JSON export back with 'shelver labels import --review EXPORT.json'",

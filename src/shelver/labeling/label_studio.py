@@ -5,8 +5,9 @@ two-level choice (a ``<Taxonomy>`` tag whose categories hold their subcategories
 subcategory can be picked, so every answer is a full path), plus a ``none`` choice for a query
 no shelf fits. ``tasks`` gives one task per stored query, pre-annotated with its machine label
 (the LLM's or the embedding labeler's: ``model_version`` is the label's source, ``score`` its
-confidence). ``read_export`` turns a Label Studio JSON export into the ``(query, path or None)``
-pairs that ``LabelStore.record_human`` stores as human labels, which outrank every machine label.
+confidence) and, given a trained model, with the model's answer as a second prediction.
+``read_export`` turns a Label Studio JSON export into the ``(query, path or None)`` pairs that
+``LabelStore.record_human`` stores as human labels, which outrank every machine label.
 Standard library only; the real ``label-studio-sdk`` checks both formats in a slow test.
 """
 
@@ -53,9 +54,22 @@ def _category_xml(category: str, taxonomy: Taxonomy) -> str:
     return "\n".join([f"    <Choice value={quoteattr(category)}>", *leaves, "    </Choice>"])
 
 
-def tasks(store: LabelStore) -> list[dict[str, Any]]:
-    """One task per stored query, most frequent first, pre-annotated with its label."""
-    return [_task(label) for label in store.labels()]
+def tasks(store: LabelStore, model: Any = None, model_version: str = "shelver") -> list[dict[str, Any]]:
+    """One task per stored query, most frequent first, pre-annotated with its label and, given a
+    trained ``model``, with the model's best path too (``model_version``; score: its joint
+    confidence), so a reviewer sees where the labeler and the model part."""
+    found = [_task(label) for label in store.labels()]
+    if model is not None:
+        answers = model.classify([task["data"][TEXT] for task in found])
+        for task, answer in zip(found, answers, strict=True):
+            task.setdefault("predictions", []).append(_model_prediction(answer, model_version))
+    return found
+
+
+def _model_prediction(answer: Any, model_version: str) -> dict[str, Any]:
+    value = {"taxonomy": [list(answer.candidate)]}
+    result = {"from_name": PATH, "to_name": TEXT, "type": "taxonomy", "value": value}
+    return {"model_version": model_version, "score": float(answer.confidence[-1]), "result": [result]}
 
 
 def _task(label: dict[str, Any]) -> dict[str, Any]:
@@ -82,11 +96,13 @@ def _prediction(label: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_tasks(store: LabelStore, out: str | Path) -> tuple[Path, Path, int]:
+def write_tasks(
+    store: LabelStore, out: str | Path, model: Any = None, model_version: str = "shelver"
+) -> tuple[Path, Path, int]:
     """``out`` (tasks, JSON) and the labeling config beside it (``*.label_config.xml``)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    found = tasks(store)
+    found = tasks(store, model, model_version)
     config = out.with_name(out.stem + ".label_config.xml")
     config.write_text(labeling_config(store.taxonomy()), encoding="utf-8")
     partial = out.with_name(out.name + ".partial")
