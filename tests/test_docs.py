@@ -294,6 +294,18 @@ def test_skipped_blocks_are_counted_and_few(page_runs: dict[str, PageRun]) -> No
     assert ran > 2 * skipped
 
 
+def test_model_directory_page_lists_every_file_a_model_has(docs_workspace: Path) -> None:
+    page = (DOCS / "guides" / "model-directory.md").read_text()
+    listing = next(b.code for b in blocks(DOCS / "guides" / "model-directory.md") if b.lang == "text")
+    documented = {
+        line.split()[0].rstrip("/") for line in listing.splitlines() if line and not line[0].isspace()
+    }
+    model = docs_workspace / "runs" / "fashion"
+    undocumented = sorted(p.name for p in model.iterdir() if p.name not in documented)
+    assert not undocumented, f"model-directory.md does not list {undocumented}"
+    assert "No pickle anywhere" in page
+
+
 def test_a_failing_block_fails(docs_workspace: Path, tmp_path: Path) -> None:
     """The runner reports a wrong flag, as it would in a page."""
     block = Block("t", 1, "bash", "shelver predict --model runs/fashion --no-such-flag\n", None)
