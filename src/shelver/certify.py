@@ -40,7 +40,7 @@ TEST_STEP = 0.025
 # the share of the labeled rows that chooses the order of the tests; the rest run them
 SELECT_SHARE = 1 / 3
 # an operating point answering fewer sample rows says too little to extrapolate from
-MIN_ESTIMATE_ROWS = 10
+MIN_ESTIMATE_ROWS = 30
 # above every confidence: the level always abstains
 NEVER = float(np.nextafter(1.0, 2.0))
 
@@ -194,16 +194,20 @@ def labels_needed(
 ) -> int | None:
     """About how many labeled rows would certify ``target``, if the precision curve held.
 
-    For each operating point above the target, the answered rows ``a`` whose Clopper-Pearson
-    bound reaches it, over that point's coverage; the fewest wins. ``None``: no point of the
-    curve reaches the target, so more labels alone cannot certify it.
+    For each operating point with ``MIN_ESTIMATE_ROWS`` answers, its precision shrunk towards
+    1/2 (Laplace: a perfect handful is not a perfect model), the answered rows ``a`` whose
+    lower bound would reach the target, over that point's coverage and the tested share of the
+    rows; the fewest wins. A rough guide, not a promise. ``None``: no point of the curve reaches
+    the target, so more labels alone cannot certify it.
     """
     best: int | None = None
     step = max(1, len(coverage) // 50)  # 50 operating points are plenty for an estimate
     for c, p in zip(coverage[::step], precision[::step], strict=True):
-        if p <= target or c * rows < MIN_ESTIMATE_ROWS:
+        a = c * rows
+        shrunk = (p * a + 1) / (a + 2)
+        if shrunk <= target or a < min(MIN_ESTIMATE_ROWS, rows):
             continue
-        need = math.ceil(_answered_to_certify(float(p), target, delta) / c)
+        need = math.ceil(_answered_to_certify(shrunk, target, delta) / c / (1 - SELECT_SHARE))
         best = need if best is None else min(best, need)
     return best
 
