@@ -276,13 +276,17 @@ def _boots_padded(train: pd.DataFrame) -> tuple[list[str], np.ndarray, list[str]
 
 def test_synthetic_rows_train_but_only_real_rows_count_for_the_bands(taxonomy, train, tiny_frames) -> None:
     from shelver import HierarchicalClassifier
-    from shelver.config import EncoderConfig, TrainConfig
+    from shelver.config import EncoderConfig, HeadConfig, LexicalConfig, TrainConfig
     from shelver.data import LabeledData
     from shelver.report import evaluate
     from shelver.training import train_model
 
     texts, y, source = _boots_padded(train)
-    config = TrainConfig(encoder=EncoderConfig(name="hashing"))
+    # the estimator's defaults, set explicitly: the configuration's own defaults choose on valid
+    head = HeadConfig(kind="per_group", router="categories", class_weight=None)
+    config = TrainConfig(
+        encoder=EncoderConfig(name="hashing"), head=head, lexical=LexicalConfig(enabled=False)
+    )
     model = train_model(config, taxonomy, LabeledData(texts, y, source, "t"), progress=False)
     counted = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(texts, y)
     boots = taxonomy.leaf_index[("Shoes", "Boots")]
