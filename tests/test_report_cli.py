@@ -18,6 +18,8 @@ def trained(tiny_files, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "model"
     args = ["train", "--taxonomy", str(tiny_files["taxonomy"]), "--train", str(tiny_files["train"])]
     args += ["--valid", str(tiny_files["valid"]), "--out", str(out), "--target-precision", "0.9", *HASHING]
+    # the point estimate: 36 valid rows cannot certify 0.9 (test_default_thresholds_are_certified)
+    args += ["--set", "decision.delta=none"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return out
@@ -39,6 +41,18 @@ def test_train_with_target_precision_stores_thresholds(trained):
     assert 0 < stored["thresholds"]["level2"] <= 1
     assert stored["temperature"]["level1"] > 0
     assert (trained / "valid" / "report.html").is_file()
+
+
+def test_default_thresholds_are_certified_and_say_so(trained, tiny_files):
+    args = ["calibrate", "--model", str(trained), "--valid", str(tiny_files["valid"]), "--delta", "0.1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    fitted_on = json.loads((trained / "calibration.json").read_text())["fitted_on"]
+    assert fitted_on["method"] == "certified" and fitted_on["delta"] == 0.1
+    assert "labeled rows would" in result.output or "certified precision" in result.output
+    point = CliRunner().invoke(main, [*args[:5], "--point-estimate"])
+    assert point.exit_code == 0, point.output
+    assert json.loads((trained / "calibration.json").read_text())["fitted_on"]["method"] == "point"
 
 
 def test_calibrate_retunes_without_retraining(trained, tiny_files):
