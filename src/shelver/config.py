@@ -153,11 +153,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Defaults, then the TOML file, then each ``key=value`` override (dotted keys)."""
     values: dict[str, Any] = {}
     if path is not None:
-        values = _read_toml(Path(path))
+        values = read_toml(Path(path))
     for item in overrides:
-        key, value = _parse_override(item)
-        _set_dotted(values, key, value)
-    return _build(TrainConfig, values, "")
+        key, value = parse_override(item)
+        set_dotted(values, key, value)
+    return build(TrainConfig, values, "")
 
 
 def config_default(key: str) -> Any:
@@ -170,7 +170,7 @@ def config_default(key: str) -> Any:
     return node
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
@@ -179,7 +179,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def parse_override(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value (e.g. head.kind=flat), got {item!r}")
@@ -190,7 +190,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     *parents, last = key.split(".")
     node = values
     for part in parents:
@@ -200,7 +200,7 @@ def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     node[last] = value
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+def build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
@@ -213,7 +213,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         kind = fields[name].type
         nested = _DATACLASSES.get(str(kind))
         kwargs[name] = (
-            _build(nested, value, f"{prefix}{name}.")
+            build(nested, value, f"{prefix}{name}.")
             if nested
             else _coerce(value, fields[name], prefix + name)
         )

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shelver.config import TrainConfig, _build, _parse_override, _read_toml, _set_dotted
+from shelver.config import TrainConfig, build, parse_override, read_toml, set_dotted
 from shelver.errors import ConfigError
 
 
@@ -123,9 +123,9 @@ _SECTIONS = {
 def load_bootstrap_config(path: str | Path | None = None, overrides: tuple[str, ...] = ()) -> BootstrapConfig:
     """Defaults, then the TOML file (sections label, select, synthesize, train, export, review),
     then overrides."""
-    values: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
+    values: dict[str, Any] = read_toml(Path(path)) if path is not None else {}
     for item in overrides:
-        _set_dotted(values, *_parse_override(item))
+        set_dotted(values, *parse_override(item))
     unknown = set(values) - {"train", *_SECTIONS}
     if unknown:
         raise ConfigError(
@@ -134,7 +134,7 @@ def load_bootstrap_config(path: str | Path | None = None, overrides: tuple[str, 
         )
     _smooth_mode(values.get("select", {}))
     sections = {name: _section(cls, values.get(name, {}), name) for name, cls in _SECTIONS.items()}
-    train = _build(TrainConfig, _with_train_defaults(values.get("train", {})), "train.")
+    train = build(TrainConfig, _with_train_defaults(values.get("train", {})), "train.")
     config = BootstrapConfig(train=train, **sections)
     _check_generators(config)  # before labeling, not hours later when the stage starts
     if config.select.smooth != "off":
@@ -161,7 +161,7 @@ def _with_train_defaults(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _section(cls: type, values: dict[str, Any], name: str) -> Any:
-    built = _build(cls, values, f"{name}.")
+    built = build(cls, values, f"{name}.")
     tuples = {
         f.name: _as_tuple(getattr(built, f.name)) for f in dataclasses.fields(cls) if "tuple" in str(f.type)
     }
