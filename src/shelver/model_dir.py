@@ -296,6 +296,35 @@ def _replace_manifest(root: Path, manifest: dict[str, Any]) -> None:
     tmp.replace(root / "manifest.json")  # atomic: a reader sees the old or the new manifest
 
 
+def model_version(root: Path) -> str:
+    """A short id that changes whenever any file of the model changes (the manifest hashes them)."""
+    return hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()[:16]
+
+
+def describe_model_dir(root: Path) -> dict[str, Any]:
+    """What the directory's files say about its model (the service's ``/v1/model`` shows it):
+    version, provenance, head, the encoder it was trained with, its export and its thresholds."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    params = json.loads((root / "config.json").read_text())["params"]
+    return {
+        "version": model_version(root),
+        "created": manifest.get("created"),
+        "shelver_version": manifest.get("shelver_version"),
+        "training": {k: manifest["training"].get(k) for k in ("n", "fingerprint")},
+        "head": params.get("head"),
+        "trained_with": params.get("encoder"),
+        "export": manifest.get("exports", {}).get("onnx"),
+        "thresholds": _thresholds(params, manifest),
+    }
+
+
+def _thresholds(params: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Decision thresholds, wherever the model keeps them (estimator parameters or the manifest)."""
+    found = {k: v for k, v in params.items() if "threshold" in k and v is not None}
+    found.update(manifest.get("thresholds") or {})
+    return found or None
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise ModelDirError(

@@ -9,8 +9,6 @@ anything fails the old model stays.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import re
 import time
@@ -180,7 +178,7 @@ def redact(message: str, root: Path) -> str:
 
 def load_served(path: str | Path, threads: int | None = 1, cache_size: int = 0) -> Served:
     """Load, check on one query, and describe a model directory (not yet served)."""
-    from shelver.model_dir import load_model
+    from shelver.model_dir import load_model, model_version
 
     root = Path(path)
     model = load_model(root, encoder="serving", threads=threads)
@@ -205,26 +203,22 @@ def _classify(model: Any, texts: list[str]) -> list[dict[str, Any]]:
     return [p.to_dict() for p in model.classify(texts)]
 
 
-def model_version(root: Path) -> str:
-    """A short id that changes whenever any file of the model changes (the manifest hashes them)."""
-    return hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()[:16]
-
-
 def describe(model: Any, root: Path) -> dict[str, Any]:
-    manifest = json.loads((root / "manifest.json").read_text())
-    params = json.loads((root / "config.json").read_text())["params"]
+    from shelver.model_dir import describe_model_dir
+
+    saved = describe_model_dir(root)
     taxonomy = model.taxonomy_
     return {
-        "version": model_version(root),
+        "version": saved["version"],
         "model_dir": root.name,  # the name only: a public route does not show the server's layout
-        "created": manifest.get("created"),
-        "shelver_version": manifest.get("shelver_version"),
+        "created": saved["created"],
+        "shelver_version": saved["shelver_version"],
         "taxonomy": {"name": taxonomy.name, "hash": taxonomy.hash, **taxonomy.to_dict()},
-        "training": {k: manifest["training"].get(k) for k in ("n", "fingerprint")},
-        "head": params.get("head"),
-        "encoder": {"trained_with": params.get("encoder"), "serving": model.encoder_.spec.split(":")[0]},
-        "export": manifest.get("exports", {}).get("onnx"),
-        "thresholds": _thresholds(params, manifest),
+        "training": saved["training"],
+        "head": saved["head"],
+        "encoder": {"trained_with": saved["trained_with"], "serving": model.encoder_.spec.split(":")[0]},
+        "export": saved["export"],
+        "thresholds": saved["thresholds"],
         "thresholds_fitted_on": _fitted_on(model),
     }
 
@@ -236,10 +230,3 @@ def _fitted_on(model: Any) -> dict[str, Any]:
     fitted_on = getattr(model, "calibrated_on_", None)
     detail = {k: v for k, v in (fitted_on or {}).items() if k != "reference"}
     return {"summary": describe_fitted_on(fitted_on), **detail}
-
-
-def _thresholds(params: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """Decision thresholds, wherever the model keeps them (estimator parameters or the manifest)."""
-    found = {k: v for k, v in params.items() if "threshold" in k and v is not None}
-    found.update(manifest.get("thresholds") or {})
-    return found or None
