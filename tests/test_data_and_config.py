@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from shelver.config import TrainConfig, load_config
-from shelver.data import read_labeled, read_queries
+from shelver.data import read_labeled, read_queries, read_table, write_table
 from shelver.errors import ConfigError, DataError
 
 
@@ -22,6 +22,21 @@ def test_level_columns_and_path_column_agree(tmp_path, taxonomy, tiny_frames):
         assert data.texts == loaded[0].texts
         assert (data.y == loaded[0].y).all()
     assert set(loaded[0].source) == {"human"}
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.parquet", "t.pq", "t.jsonl", "t.ndjson"])
+def test_write_table_by_suffix_reads_back_and_leaves_no_partial(tmp_path, name):
+    frame = pd.DataFrame({"text": ["red boots", "NA"], "category": ["Shoes", "Shoes"]})
+    out = write_table(frame, tmp_path / "sub" / name)
+    assert out == tmp_path / "sub" / name
+    assert read_table(out).astype(str).equals(frame)
+    assert [p.name for p in out.parent.iterdir()] == [name]
+
+
+def test_write_table_refuses_an_unknown_suffix(tmp_path):
+    with pytest.raises(DataError, match=r"cannot write 't\.xlsx': use a \.csv, \.parquet or \.jsonl"):
+        write_table(pd.DataFrame({"text": ["x"]}), tmp_path / "t.xlsx")
+    assert not (tmp_path / "t.xlsx").exists()
 
 
 @pytest.mark.parametrize(

@@ -33,8 +33,8 @@ from shelver.labeling import (
     write_training_file,
 )
 from shelver.labeling.backends.fake import FakeBackend
+from shelver.labeling.retry import retry_delay, with_retries
 from shelver.labeling.review import audit_frame, import_reviews
-from shelver.labeling.runner import retry_delay
 from shelver.taxonomy import Taxonomy, format_path
 
 QUERIES = [
@@ -102,6 +102,35 @@ def test_transient_failures_are_retried_with_backoff(taxonomy, index, tmp_path):
         rows["black boots"]["status"] == "error"
         and "gave up after 4 attempts" in rows["black boots"]["error"]
     )
+
+
+def test_with_retries_retries_transient_failures_then_raises_the_last():
+    failures = iter([TransientBackendError("HTTP 429", retry_after=2.0), TransientBackendError("HTTP 500")])
+    waits: list[float] = []
+
+    def flaky() -> str:
+        err = next(failures, None)
+        if err is not None:
+            raise err
+        return "ok"
+
+    assert with_retries(flaky, max_retries=2, backoff=1.0, sleep=waits.append) == "ok"
+    assert waits[0] == 2.0 and waits[1] == pytest.approx(2.0, rel=0.26)
+
+    def down() -> str:
+        raise TransientBackendError("timed out")
+
+    waits.clear()
+    with pytest.raises(TransientBackendError, match="timed out"):
+        with_retries(down, max_retries=3, backoff=0.0, sleep=waits.append)
+    assert len(waits) == 3
+
+    def refused() -> str:
+        raise RequestRefusedError("HTTP 400")
+
+    with pytest.raises(RequestRefusedError):
+        with_retries(refused, sleep=waits.append)
+    assert len(waits) == 3
 
 
 def test_retry_delay_honours_retry_after_and_grows_exponentially():

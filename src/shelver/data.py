@@ -59,6 +59,30 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+WRITE_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".ndjson")
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``frame`` as CSV, Parquet or JSONL by ``path``'s suffix; ``read_table`` reads it back.
+
+    The file appears whole or not at all: it is written beside itself and renamed.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise DataError(f"cannot write {path.name!r}: use a .csv, .parquet or .jsonl file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    if suffix in (".parquet", ".pq"):
+        frame.to_parquet(partial, index=False)
+    elif suffix in (".jsonl", ".ndjson"):
+        frame.to_json(partial, orient="records", lines=True, force_ascii=False)
+    else:
+        frame.to_csv(partial, index=False)
+    partial.replace(path)
+    return path
+
+
 def texts_of(frame: pd.DataFrame, origin: str, column: str = "text") -> list[str]:
     """The text column, checked: present, and no empty values."""
     if column not in frame.columns:

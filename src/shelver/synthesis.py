@@ -328,20 +328,11 @@ class LLMGenerator:
         )
         return parse_lines(self._call(request))[:k]
 
-    def _call(self, request: Any, attempts: int = 3) -> str:
-        """The reply text; rate limits and server errors are retried with backoff."""
-        import time
+    def _call(self, request: Any) -> str:
+        """The reply text; rate limits and server errors are retried as labeling retries them."""
+        from shelver.labeling.retry import with_retries
 
-        from shelver.errors import TransientBackendError
-
-        for attempt in range(attempts):
-            try:
-                return self.backend.generate(request).text
-            except TransientBackendError as err:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(err.retry_after or 2.0**attempt)
-        return ""
+        return with_retries(lambda: self.backend.generate(request).text)
 
 
 def parse_lines(text: str) -> list[str]:
@@ -612,16 +603,7 @@ def to_frame(rows: Iterable[SynthRow], taxonomy: Taxonomy) -> pd.DataFrame:
 
 
 def write_rows(rows: Iterable[SynthRow], taxonomy: Taxonomy, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame = to_frame(rows, taxonomy)
-    suffix = out.suffix.lower()
-    if suffix == ".parquet":
-        frame.to_parquet(out, index=False)
-    elif suffix in (".jsonl", ".ndjson"):
-        frame.to_json(out, orient="records", lines=True, force_ascii=False)
-    elif suffix == ".csv":
-        frame.to_csv(out, index=False)
-    else:
-        raise DataError(f"cannot write {out.name!r}: use a .csv, .parquet or .jsonl file name")
-    return out
+    """The rows as CSV, Parquet or JSONL by ``out``'s suffix (``data.write_table``)."""
+    from shelver.data import write_table
+
+    return write_table(to_frame(rows, taxonomy), out)

@@ -13,6 +13,7 @@ from typing import Any
 
 from shelver.errors import ConfigError
 from shelver.labeling.backends import BACKENDS
+from shelver.labeling.retry import BACKOFF, MAX_RETRIES
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,10 @@ class LabelConfig:
     prompt: str = "label_v1"
     # enough to keep a remote API busy without tripping its rate limit on the first minute
     concurrency: int = 4
-    # 429/5xx/timeouts: up to this many retries, waiting backoff * 2**attempt (capped at 60 s)
-    max_retries: int = 5
-    backoff: float = 1.0
+    # 429/5xx/timeouts: up to this many retries, waiting backoff * 2**attempt (capped at 60 s);
+    # the one policy of labeling and synthesis, its reasons in labeling/retry.py
+    max_retries: int = MAX_RETRIES
+    backoff: float = BACKOFF
     # label only the N most frequent queries (None: all)
     limit: int | None = None
     # US$ per million prompt / completion tokens, for the cost estimate (None: no estimate)

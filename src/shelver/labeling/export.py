@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from shelver.data import WRITE_SUFFIXES, write_table
 from shelver.errors import LabelStoreError
 from shelver.labeling.store import LabelStore
 from shelver.taxonomy import Taxonomy, parse_path
@@ -87,17 +88,8 @@ def _row(label: dict, taxonomy: Taxonomy) -> dict:
 
 
 def write_training_file(frame: pd.DataFrame, out: str | Path) -> Path:
-    """CSV, Parquet or JSONL by suffix (CSV when none is given)."""
+    """CSV, Parquet or JSONL by suffix (CSV when none is given); ``data.write_table`` writes it."""
     out = Path(out)
-    if out.suffix.lower() not in (".csv", ".parquet", ".pq", ".jsonl"):
+    if out.suffix.lower() not in WRITE_SUFFIXES:
         out = out.with_suffix(out.suffix + ".csv") if out.suffix else out.with_suffix(".csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    if out.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(partial, index=False)
-    elif out.suffix.lower() == ".jsonl":
-        frame.to_json(partial, orient="records", lines=True, force_ascii=False)
-    else:
-        frame.to_csv(partial, index=False)
-    partial.replace(out)
-    return out
+    return write_table(frame, out)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ from shelver.labeling.backends import Backend, Reply, Request, make_backend
 from shelver.labeling.config import LabelConfig
 from shelver.labeling.prompts import Prompt
 from shelver.labeling.querylog import count_queries
+from shelver.labeling.retry import with_retries
 from shelver.labeling.shortlist import PathIndex
 from shelver.labeling.store import LabelStore
 from shelver.labeling.validation import Verdict, validate
@@ -291,21 +291,24 @@ class Labeler:
 def call_with_retries(
     backend: Backend, request: Request, max_retries: int, backoff: float, sleep: Any = time.sleep
 ) -> tuple[Reply | None, str | None, int]:
-    """``(reply, error, attempts)``: transient failures are retried with exponential backoff and jitter.
+    """``(reply, error, attempts)``: transient failures are retried (``retry.with_retries``).
 
     A refused request gives up at once (its error is stored); a ``BackendError`` that means the
     backend cannot work at all (auth, wrong URL) propagates and stops the run.
     """
-    for attempt in range(1, max_retries + 2):
-        try:
-            return backend.generate(request), None, attempt
-        except TransientBackendError as err:
-            if attempt > max_retries:
-                return None, f"gave up after {attempt} attempts: {err}", attempt
-            sleep(retry_delay(attempt, backoff, err.retry_after))
-        except RequestRefusedError as err:
-            return None, str(err), attempt
-    raise AssertionError("unreachable")
+    attempts = 0
+
+    def once() -> Reply:
+        nonlocal attempts
+        attempts += 1
+        return backend.generate(request)
+
+    try:
+        return with_retries(once, max_retries, backoff, sleep), None, attempts
+    except TransientBackendError as err:
+        return None, f"gave up after {attempts} attempts: {err}", attempts
+    except RequestRefusedError as err:
+        return None, str(err), attempts
 
 
 def _check_not_all_failed(summary: RunSummary, store: LabelStore) -> None:
@@ -316,13 +319,6 @@ def _check_not_all_failed(summary: RunSummary, store: LabelStore) -> None:
             f"all are in {store.path}); "
             "check the backend (is the server up? --base-url, --model), then re-run: failed calls are retried"
         )
-
-
-def retry_delay(attempt: int, backoff: float, retry_after: float | None) -> float:
-    """The server's Retry-After when given, else ``backoff * 2**(attempt-1)`` with ±25% jitter, ≤ 60 s."""
-    if retry_after is not None:
-        return min(60.0, max(0.0, retry_after))
-    return min(60.0, backoff * 2 ** (attempt - 1) * random.uniform(0.75, 1.25))
 
 
 def _reason_kind(reason: str) -> str:
