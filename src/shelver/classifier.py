@@ -31,12 +31,11 @@ from shelver.calibration import (
 )
 from shelver.config import DecisionConfig
 from shelver.decisions import (
-    DECISIONS,
     Prediction,
     Scores,
+    answered_paths,
     decide,
-    label_sets,
-    multi_label_reason,
+    multi_label_predictions,
     single_label_predictions,
     withhold,
 )
@@ -255,18 +254,9 @@ class HierarchicalClassifier(ParamsMixin):
         return self.calibration_.apply(P1, P2, self.taxonomy_.leaf_category_array)
 
     def decode(self, P1: np.ndarray, P2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Indices of the predicted category and leaf of each row.
-
-        Flat decodes leaf first (the category is the leaf's parent); the other heads decode
-        top-down, so the leaf is always a child of the category.
-        """
-        leaf_category = self.taxonomy_.leaf_category_array
-        if self.head_.leaf_first:
-            leaves = P2.argmax(axis=1)
-            return leaf_category[leaves], leaves
-        categories = P1.argmax(axis=1)
-        masked = np.where(leaf_category[None, :] == categories[:, None], P2, -1.0)
-        return categories, masked.argmax(axis=1)
+        """Indices of the predicted category and leaf of each row, as the head decodes them
+        (``Head.decode``: flat leaf first, the others top-down)."""
+        return self.head_.decode(P1, P2)
 
     def scores(self, X: Sequence[str]) -> Scores:
         """Raw and calibrated probabilities, the arg-max path and its calibrated confidences."""
@@ -275,7 +265,7 @@ class HierarchicalClassifier(ParamsMixin):
 
     def _scores(self, raw: tuple[np.ndarray, np.ndarray]) -> Scores:
         # the path is decoded from the raw probabilities: calibration never changes the arg-max
-        categories, leaves = self.decode(*raw)
+        categories, leaves = self.head_.decode(*raw)
         P1, P2 = self.calibrate_proba(*raw)
         rows = np.arange(len(leaves))
         return Scores(raw, P1, P2, categories, leaves, P1[rows, categories], P2[rows, leaves])
@@ -284,7 +274,8 @@ class HierarchicalClassifier(ParamsMixin):
         """``(n, 2)`` array of ``[category, subcategory]`` strings, ``""`` where withheld."""
         s = self.scores(X)
         if self.multi_label_:
-            return np.array([p[0] if p else ("", "") for p in self._label_paths(s)[0]]).reshape(-1, 2)
+            answered, _ = answered_paths(s, self.thresholds_, self.taxonomy_)
+            return np.array([p[0] if p else ("", "") for p in answered]).reshape(-1, 2)
         paths = np.array([self.taxonomy_.paths[i] for i in s.leaves], dtype=object).reshape(-1, 2)
         return withhold(paths, decide(s.conf1, s.conf2, self.thresholds_))
 
@@ -298,30 +289,9 @@ class HierarchicalClassifier(ParamsMixin):
         texts = _as_texts(X)
         s = self.scores(texts)
         if self.multi_label_:
-            return self._multi_label_predictions(texts, s)
+            return multi_label_predictions(texts, s, self.thresholds_, self.taxonomy_)
         paths = np.array([self.taxonomy_.paths[i] for i in s.leaves], dtype=object).reshape(-1, 2)
         return single_label_predictions(texts, paths, s.conf1, s.conf2, self.thresholds_)
-
-    def _multi_label_predictions(self, texts: list[str], s: Scores) -> list[Prediction]:
-        answered, codes = self._label_paths(s)
-        out = []
-        for i, text in enumerate(texts):
-            code, paths = int(codes[i]), answered[i]
-            path = paths[0] if paths else ("", "")
-            confidence = (float(s.conf1[i]), float(s.conf2[i]))
-            candidate = self.taxonomy_.paths[s.leaves[i]]
-            reason = multi_label_reason(code, len(paths))
-            out.append(Prediction(text, path, confidence, DECISIONS[code], reason, tuple(paths), candidate))
-        return out
-
-    def _label_paths(self, s: Scores) -> tuple[list[list[tuple[str, ...]]], np.ndarray]:
-        sets, codes = label_sets(s, self.thresholds_)
-        categories, paths = self.taxonomy_.categories, self.taxonomy_.paths
-        answered = [
-            [paths[j] if code == 0 else (categories[j], "") for j in chosen]
-            for chosen, code in zip(sets, codes, strict=True)
-        ]
-        return answered, codes
 
     # ---- calibration and thresholds -----------------------------------------------------
     def calibrate(

@@ -11,9 +11,12 @@ else abstain.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from shelver.taxonomy import Taxonomy
 
 FULL, CATEGORY, ABSTAIN = "full", "category", "abstain"
 DECISIONS = (FULL, CATEGORY, ABSTAIN)
@@ -153,3 +156,34 @@ def multi_label_reason(code: int, n: int) -> str:
     if code == 1:
         return f"no subcategory reaches its threshold; {n} categor{'y' if n == 1 else 'ies'} do"
     return "no subcategory or category reaches its threshold"
+
+
+def answered_paths(
+    scores: Scores, thresholds: Thresholds, taxonomy: Taxonomy
+) -> tuple[list[list[tuple[str, ...]]], np.ndarray]:
+    """Per row, the answered paths best first (``(category, "")`` when only categories pass),
+    and the row's decision code."""
+    sets, codes = label_sets(scores, thresholds)
+    categories, paths = taxonomy.categories, taxonomy.paths
+    answered = [
+        [paths[j] if code == 0 else (categories[j], "") for j in chosen]
+        for chosen, code in zip(sets, codes, strict=True)
+    ]
+    return answered, codes
+
+
+def multi_label_predictions(
+    texts: list[str], scores: Scores, thresholds: Thresholds, taxonomy: Taxonomy
+) -> list[Prediction]:
+    """One ``Prediction`` per text of a multi-label model: ``path`` is the best answered path,
+    ``paths`` every answered one."""
+    answered, codes = answered_paths(scores, thresholds, taxonomy)
+    out = []
+    for i, text in enumerate(texts):
+        code, paths = int(codes[i]), answered[i]
+        path = paths[0] if paths else ("", "")
+        confidence = (float(scores.conf1[i]), float(scores.conf2[i]))
+        candidate = taxonomy.paths[scores.leaves[i]]
+        reason = multi_label_reason(code, len(paths))
+        out.append(Prediction(text, path, confidence, DECISIONS[code], reason, tuple(paths), candidate))
+    return out

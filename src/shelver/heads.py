@@ -160,6 +160,14 @@ class Head:
         """Sum joint leaf probabilities into their categories."""
         return P2 @ self.membership
 
+    def decode(self, P1: np.ndarray, P2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of each row's category and leaf, top-down: the leaf is always a child of the
+        category."""
+        leaf_category = self.taxonomy.leaf_category_array
+        categories = P1.argmax(axis=1)
+        masked = np.where(leaf_category[None, :] == categories[:, None], P2, -1.0)
+        return categories, masked.argmax(axis=1)
+
 
 class FlatHead(Head):
     name = "flat"
@@ -175,6 +183,11 @@ class FlatHead(Head):
     def proba(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         P2 = self.leaf_model.proba_over(X, len(self.taxonomy))
         return self.category_sums(P2), P2
+
+    def decode(self, P1: np.ndarray, P2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Leaf first: the category is the best leaf's parent."""
+        leaves = P2.argmax(axis=1)
+        return self.taxonomy.leaf_category_array[leaves], leaves
 
     def to_arrays(self) -> Arrays:
         return self.leaf_model.to_arrays("flat")

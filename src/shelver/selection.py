@@ -255,7 +255,7 @@ def _with_head(base: HierarchicalClassifier, option: Candidate, head: Head) -> H
 
 def _predict(model: HierarchicalClassifier, features: Any) -> np.ndarray:
     """The arg-max path of each row (calibration never moves it)."""
-    _, leaves = model.decode(*model.head_proba(features))
+    _, leaves = model.head_.decode(*model.head_proba(features))
     return np.array([model.taxonomy_.paths[i] for i in leaves], dtype=object).reshape(-1, 2).astype(str)
 
 
