@@ -10,7 +10,6 @@ import click
 from shelver.cli.common import existing_file, labeling_backend_options, main, taxonomy_option
 
 
-# ---- issue 8: cold start (bootstrap) ------------------------------------------------------------
 @main.command()
 @taxonomy_option
 @click.option(

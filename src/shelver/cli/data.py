@@ -17,7 +17,7 @@ from shelver.cli.common import (
 )
 
 
-# ---- issue 5: label raw search logs (LLM, validated against the taxonomy) ----------------------
+# ---- label raw search logs (LLM, validated against the taxonomy) -------------------------------
 @main.command()
 @taxonomy_option
 @click.option(
@@ -356,7 +356,7 @@ def labels_import(store_path: Path, review_path: Path, reviewer: str | None) -> 
     click.echo(f"imported {count:,} human labels into {store_path}", err=True)
 
 
-# ---- issue 6: synthetic queries for low-traffic subcategories -----------------------------------
+# ---- synthetic queries for low-traffic subcategories --------------------------------------------
 @main.command()
 @taxonomy_option
 @train_option

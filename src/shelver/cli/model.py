@@ -147,7 +147,7 @@ def _evaluate_and_print(model, data, out: Path, model_dir: Path | None = None) -
     )
 
 
-# ---- issue 4: calibration, thresholds, decisions ---------------------------------------------
+# ---- calibration, thresholds, decisions ------------------------------------------------------
 @main.command()
 @model_option
 @click.option("--valid", "valid_path", required=True, type=existing_file, help="Labeled validation data.")
@@ -202,7 +202,7 @@ def _parse_thresholds(text: str | None) -> tuple[float, float] | None:
     return level1, level2
 
 
-# ---- issue 3: representation learning ---------------------------------------------------------
+# ---- representation learning ------------------------------------------------------------------
 @main.command()
 @taxonomy_option
 @train_option

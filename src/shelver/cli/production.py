@@ -9,7 +9,6 @@ import click
 from shelver.cli.common import existing_file, main, model_option
 
 
-# ---- issue 7: production paths (export, serve, classify-batch) ----------------------------
 @main.command()
 @model_option
 @click.option(
