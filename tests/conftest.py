@@ -109,7 +109,7 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "st"
 
 
-# ---- production paths (issue 7): models saved once per session, a real server process ----------
+# ---- production paths: models saved once per session, a real server process --------------------
 @pytest.fixture(scope="session")
 def hashing_model_dir(tmp_path_factory: pytest.TempPathFactory, taxonomy: Taxonomy, tiny_xy) -> Path:
     """A torch-free model: serves and batches as is, in milliseconds."""
