@@ -24,9 +24,8 @@ import numpy as np
 from _cache import cached_embeddings, read_products
 from _results import write_results
 
-from shelver.consistency import word_key
 from shelver.encoders import resolve_model_path
-from shelver.labeling import normalize_query
+from shelver.text_keys import text_key, word_set_key
 
 BANDS = (0.99, 0.97, 0.95, 0.90, 0.85, -1.0)  # nearest-neighbour cosine, lower edges
 
@@ -82,8 +81,8 @@ def measure(dataset: str) -> dict:
     near, sims = nearest_train(vectors, train, test)
     return {
         "test_rows": len(test),
-        "same_text": key_agreement([normalize_query(t) for t in texts], labels, train, test),
-        "same_words": key_agreement([word_key(t) for t in texts], labels, train, test),
+        "same_text": key_agreement([text_key(t) for t in texts], labels, train, test),
+        "same_words": key_agreement([word_set_key(t) for t in texts], labels, train, test),
         "nearest_train_cosine": bands(labels, near, sims, test),
     }
 

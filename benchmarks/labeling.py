@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shelver.labeling import LabelConfig, Labeler, LabelStore, PathIndex, VoterSpec, normalize_query
+from shelver.labeling import LabelConfig, Labeler, LabelStore, PathIndex, VoterSpec
 from shelver.taxonomy import Taxonomy, format_path
+from shelver.text_keys import text_key
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,7 +44,7 @@ def sample(dataset: str, rows: int, seed: int) -> tuple[Taxonomy, dict[str, str]
     test = frame[frame["split"] == "test"].sample(rows, random_state=seed)
     truth = {}
     for text, category, sub in zip(test["text"], test["category"], test["subcategory"], strict=True):
-        truth.setdefault(normalize_query(text), format_path((category, sub)))
+        truth.setdefault(text_key(text), format_path((category, sub)))
     return taxonomy, truth
 
 

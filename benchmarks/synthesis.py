@@ -45,6 +45,7 @@ from shelver import synthesis as s
 from shelver.encoders import CachedEncoder, make_encoder
 from shelver.metrics import TAIL_THRESHOLD, band_metrics, leaf_names, macro_f1
 from shelver.taxonomy import format_path
+from shelver.text_keys import word_sequence_key
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared beside the checkout; a worktree elsewhere points SHELVER_SHARED_DATA at it
@@ -91,8 +92,10 @@ def queryized(test: pd.DataFrame, taxonomy: Taxonomy, train: pd.DataFrame, seed:
     """The test titles as short queries (brand, sizes, codes dropped; noise added), labels kept."""
     generator = s.TitleGenerator(seed=seed + 1000)
     contexts = s.build_contexts(train, taxonomy, labels(train), taxonomy.paths)
-    known = {w for c in contexts for v in c.attributes.values() for x in v for w in s.normalize(x).split()}
-    known |= s.GENDER_WORDS | {w for p in taxonomy.paths for w in s.normalize(" ".join(p)).split()}
+    known = {
+        w for c in contexts for v in c.attributes.values() for x in v for w in word_sequence_key(x).split()
+    }
+    known |= s.GENDER_WORDS | {w for p in taxonomy.paths for w in word_sequence_key(" ".join(p)).split()}
     rng = random.Random(seed)
     texts = [generator.queryize(t, known, rng) or t for t in test["text"]]
     return test.assign(text=texts)

@@ -190,9 +190,8 @@ def test_review_leaves_out_the_labeled_sample_queries(inputs: dict[str, Path], t
 def test_synthesize_fills_only_the_tail_without_leaks_and_counts_real_rows_only(
     inputs: dict[str, Path], tmp_path: Path
 ) -> None:
-    from shelver.labeling import normalize_query
     from shelver.model_dir import load_model
-    from shelver.synthesis import normalize
+    from shelver.text_keys import text_key, word_sequence_key
 
     out = tmp_path / "run"
     _run(inputs, out)
@@ -211,7 +210,9 @@ def test_synthesize_fills_only_the_tail_without_leaks_and_counts_real_rows_only(
     )
     assert {" > ".join(p) for p in synthetic.y.tolist()} <= tail < {" > ".join(p) for p in taxonomy.paths}
     held_out = pd.concat([pd.read_csv(out / "select" / "valid.csv"), pd.read_csv(inputs["sample"])])["text"]
-    assert not {normalize(t) for t in synthetic.texts} & {normalize(normalize_query(t)) for t in held_out}
+    assert not {word_sequence_key(t) for t in synthetic.texts} & {
+        word_sequence_key(text_key(t)) for t in held_out
+    }
     train = read_manifest(out / "train")["summary"]
     assert train["synthetic_rows"] == len(synthetic)
     assert train["train_rows"] == len(counts) and train["sample_rows"] == len(pd.read_csv(inputs["sample"]))

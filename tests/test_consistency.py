@@ -9,8 +9,9 @@ import pandas as pd
 from click.testing import CliRunner
 
 from shelver.cli import main
-from shelver.consistency import find_twins, nearest_other, word_key
+from shelver.consistency import find_twins, nearest_other
 from shelver.encoders import HashingEncoder
+from shelver.text_keys import word_set_key
 
 TEXTS = ["red sneaker", "Red  Sneaker", "blue tote bag", "tote bag blue", "green hiking boot", "cufflinks"]
 PATHS = [
@@ -59,7 +60,7 @@ def test_nearest_other_skips_the_row_itself_and_its_group() -> None:
 
 
 def test_word_key_ignores_case_order_and_punctuation() -> None:
-    assert word_key("Tote bag, BLUE") == word_key("blue tote bag") != word_key("blue bag")
+    assert word_set_key("Tote bag, BLUE") == word_set_key("blue tote bag") != word_set_key("blue bag")
 
 
 def test_labels_conflicts_command(tmp_path: Path, tiny_files: dict[str, Path]) -> None:
@@ -109,3 +110,17 @@ def test_too_many_rows_without_a_sample_is_refused_with_the_fix(
     assert result.exit_code == 1
     assert "6 labeled rows" in result.output and "--sample 2" in result.output
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_the_three_query_keys_each_ignore_more_than_the_last():
+    from shelver.text_keys import text_key, word_sequence_key
+
+    assert (
+        text_key("Red  T-Shirt\u00a0") == text_key("red t-shirt") == "red t-shirt" != text_key("red t shirt")
+    )
+    assert (
+        word_sequence_key("Red T-Shirt!")
+        == word_sequence_key("red t shirt")
+        != word_sequence_key("shirt t red")
+    )
+    assert word_set_key("shirt, t red") == word_set_key("Red T-Shirt") != word_set_key("red shirt")

@@ -11,7 +11,6 @@ labels are meant to differ.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -19,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from shelver.errors import DataError
-from shelver.labeling.querylog import normalize_query
 from shelver.taxonomy import format_path
+from shelver.text_keys import text_key, word_set_key
 
 # similarities held at once (float32): 64 MB, whatever the number of rows; the work is quadratic
 # in the rows (~40 s for 43,000 on 2 cores, after encoding them), so check a sample of a larger file
@@ -109,12 +108,7 @@ def nearest_other(vectors: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, 
     return best, sims
 
 
-def word_key(text: str) -> str:
-    """The set of a text's words, lower-cased: "Blue Shirt" and "shirt, blue" share it."""
-    return " ".join(sorted(set(re.findall(r"\w+", text.lower()))))
-
-
 def _kind(a: str, b: str) -> str:
-    if normalize_query(a) == normalize_query(b):
+    if text_key(a) == text_key(b):
         return "same text"
-    return "same words" if word_key(a) == word_key(b) else "similar"
+    return "same words" if word_set_key(a) == word_set_key(b) else "similar"

@@ -30,6 +30,7 @@ import pandas as pd
 from shelver.encoders import CachedEncoder, Encoder, make_encoder
 from shelver.errors import ConfigError, DataError
 from shelver.taxonomy import Path_, Taxonomy, format_path
+from shelver.text_keys import word_sequence_key
 
 # columns of a training file that are never attributes
 NOT_ATTRIBUTES = {"text", "path", "source", "split", "id", "count", "masterCategory"}
@@ -39,11 +40,6 @@ MAX_ATTRIBUTE_VALUES = 60
 MISSING_VALUES = {"", "na", "nan", "none", "null", "n/a", "-", "other", "unknown"}
 # Shopify attributes that apply to most physical products (the files hold no category mapping)
 SHOPIFY_ATTRIBUTES = ("color", "pattern", "material")
-
-
-def normalize(text: str) -> str:
-    """Lower case, punctuation to spaces, collapsed whitespace: what "the same query" means."""
-    return " ".join(re.sub(r"[^\w]+", " ", str(text).casefold()).split())
 
 
 @dataclass(frozen=True)
@@ -232,8 +228,8 @@ class TitleGenerator:
 
     def generate(self, context: ClassContext, k: int) -> list[str]:
         rng = _rng(self.seed, "titles", context.path)
-        known = {w for v in context.attributes.values() for x in v for w in normalize(x).split()}
-        known |= GENDER_WORDS | set(normalize(" ".join(context.path)).split())
+        known = {w for v in context.attributes.values() for x in v for w in word_sequence_key(x).split()}
+        known |= GENDER_WORDS | set(word_sequence_key(" ".join(context.path)).split())
         titles = list(context.titles)
         rng.shuffle(titles)
         out: dict[str, None] = {}
@@ -247,7 +243,7 @@ class TitleGenerator:
 
     def queryize(self, title: str, known: set[str], rng: random.Random) -> str:
         raw = [w for w in str(title).split() if not SIZE_TOKEN.match(w) and not CODE_TOKEN.match(w)]
-        words = normalize(" ".join(raw)).split()
+        words = word_sequence_key(" ".join(raw)).split()
         words = _drop_brand(words, known)
         if not words:
             return ""
@@ -418,9 +414,9 @@ def filter_rows(
     duplicates, near leaks, then the judge; each step counted."""
     counts = FilterCounts(generated=len(rows))
     rows = _step(counts, "length", rows, [_length_ok(r.text, config) for r in rows])
-    rows = _step(counts, "exact_duplicate", rows, _first_seen(rows, {normalize(t) for t in train}))
-    avoid_keys = {normalize(t) for t in avoid}
-    rows = _step(counts, "exact_leak", rows, [normalize(r.text) not in avoid_keys for r in rows])
+    rows = _step(counts, "exact_duplicate", rows, _first_seen(rows, {word_sequence_key(t) for t in train}))
+    avoid_keys = {word_sequence_key(t) for t in avoid}
+    rows = _step(counts, "exact_leak", rows, [word_sequence_key(r.text) not in avoid_keys for r in rows])
     vectors = encoder.encode([r.text for r in rows]) if rows else np.zeros((0, encoder.dim), np.float32)
     keep = _near_duplicates(rows, vectors, config.near_duplicate)
     rows, vectors = _step(counts, "near_duplicate", rows, keep), vectors[keep]
@@ -446,7 +442,7 @@ def _length_ok(text: str, config: FilterConfig) -> bool:
 def _first_seen(rows: list[SynthRow], taken: set[str]) -> list[bool]:
     keep = []
     for row in rows:
-        key = normalize(row.text)
+        key = word_sequence_key(row.text)
         keep.append(key not in taken)
         taken.add(key)
     return keep

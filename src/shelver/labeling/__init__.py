@@ -24,7 +24,7 @@ from shelver.labeling.backends import BACKENDS, Backend, Reply, Request, make_ba
 from shelver.labeling.config import LabelConfig, VoterSpec
 from shelver.labeling.export import export_frame, write_training_file
 from shelver.labeling.prompts import Prompt
-from shelver.labeling.querylog import normalize_query, read_query_log
+from shelver.labeling.querylog import read_query_log
 from shelver.labeling.runner import Labeler, RunSummary
 from shelver.labeling.shortlist import PathIndex
 from shelver.labeling.store import LabelStore
@@ -45,7 +45,6 @@ __all__ = [
     "VoterSpec",
     "export_frame",
     "make_backend",
-    "normalize_query",
     "read_query_log",
     "validate",
     "write_training_file",

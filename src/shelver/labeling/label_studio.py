@@ -19,9 +19,9 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from shelver.errors import DataError
-from shelver.labeling.querylog import normalize_query
 from shelver.labeling.store import LabelStore
 from shelver.taxonomy import Path_, PathResolver, Taxonomy, parse_path
+from shelver.text_keys import text_key
 
 # the names that tie the labeling config, the pre-annotations and the export together
 TEXT, PATH, VERDICT = "text", "path", "verdict"
@@ -120,7 +120,7 @@ def read_export(path: str | Path, taxonomy: Taxonomy) -> list[tuple[str, Path_ |
     for task in _read_json(path):
         annotation = _latest(task)
         if annotation is not None:
-            text = normalize_query(str(task.get("data", {}).get(TEXT, "")))
+            text = text_key(str(task.get("data", {}).get(TEXT, "")))
             reviewed.append((text, _answer(annotation, resolver, path, task)))
     return reviewed
 

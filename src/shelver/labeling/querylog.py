@@ -7,7 +7,6 @@ case, single spaces) is what makes "Red  Sneakers" and "red sneakers" one query,
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,10 +14,7 @@ import pandas as pd
 
 from shelver.data import read_table
 from shelver.errors import DataError
-
-
-def normalize_query(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", str(text)).lower().split())
+from shelver.text_keys import text_key
 
 
 def read_query_log(
@@ -43,7 +39,7 @@ def count_queries(pairs: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
     """Normalize, merge duplicates (summing counts) and sort most frequent first, ties by first seen."""
     merged: dict[str, int] = {}
     for text, count in pairs:
-        query = normalize_query(text)
+        query = text_key(text)
         if query:
             merged[query] = merged.get(query, 0) + int(count)
     order = {q: i for i, q in enumerate(merged)}

@@ -19,9 +19,9 @@ import pandas as pd
 
 from shelver.errors import DataError
 from shelver.labeling.export import export_frame
-from shelver.labeling.querylog import normalize_query
 from shelver.labeling.store import LabelStore
 from shelver.taxonomy import Path_, PathResolver, Taxonomy, format_path
+from shelver.text_keys import text_key
 
 REVIEW_COLUMNS = (
     "text",
@@ -76,7 +76,7 @@ def read_reviews(path: str | Path, taxonomy: Taxonomy) -> list[tuple[str, Path_ 
     for number, row in enumerate(rows, start=2):  # row 1 is the header
         answer = (row.get("human_path") or "").strip()
         if answer:
-            reviewed.append((normalize_query(row["text"]), _resolve(answer, row, resolver, path, number)))
+            reviewed.append((text_key(row["text"]), _resolve(answer, row, resolver, path, number)))
     return reviewed
 
 

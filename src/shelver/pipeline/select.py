@@ -80,10 +80,10 @@ def _maybe_smoothed(ctx: RunContext, frame: pd.DataFrame) -> tuple[pd.DataFrame,
 def sample_agreement(raw: pd.DataFrame, smoothed: pd.DataFrame, sample: Path, tree: Taxonomy) -> dict:
     """Full-path accuracy of the raw and of the smoothed labels on the labeled sample's queries."""
     from shelver.data import read_labeled
-    from shelver.labeling import normalize_query
+    from shelver.text_keys import text_key
 
     gold = read_labeled(sample, tree)
-    truth = {normalize_query(t): tuple(p) for t, p in zip(gold.texts, gold.y, strict=True)}
+    truth = {text_key(t): tuple(p) for t, p in zip(gold.texts, gold.y, strict=True)}
     rows = raw["text"].isin(truth).to_numpy()
     levels = list(tree.levels)
     expected = [truth[t] for t in raw.loc[rows, "text"]]
@@ -157,9 +157,9 @@ def sample_texts(sample: Path | None) -> set[str]:
     if sample is None:
         return set()
     from shelver.data import read_table
-    from shelver.labeling import normalize_query
+    from shelver.text_keys import text_key
 
-    return {normalize_query(t) for t in read_table(sample)["text"].astype(str)}
+    return {text_key(t) for t in read_table(sample)["text"].astype(str)}
 
 
 def _require_rows(train: pd.DataFrame, valid: pd.DataFrame, cfg: SelectStage) -> None:

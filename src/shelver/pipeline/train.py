@@ -65,10 +65,10 @@ def _with_sample(ctx: RunContext, train: Any) -> Any:
     import numpy as np
 
     from shelver.data import LabeledData, read_labeled
-    from shelver.labeling import normalize_query
+    from shelver.text_keys import text_key
 
     sample = read_labeled(ctx.labeled_sample, ctx.taxonomy)
-    texts = [normalize_query(t) for t in sample.texts]
+    texts = [text_key(t) for t in sample.texts]
     return LabeledData(
         train.texts + texts,
         np.vstack([train.y, sample.y]),
