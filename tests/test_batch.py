@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from shelver.batch import BatchClassifier, Memo, batch_sizes, classify_batch, decision_columns
+from shelver.answer_memo import AnswerMemo
+from shelver.batch import BatchClassifier, batch_sizes, classify_batch, decision_columns
 from shelver.batch_io import Source, read_rows, write_parquet
 from shelver.cli import main
 from shelver.errors import ConfigError, DataError
@@ -313,8 +314,21 @@ def test_repeated_queries_are_classified_once_per_shard(hashing_model_dir, queri
 
 
 def test_memo_keeps_the_most_recently_used_texts():
-    memo = Memo(2)
-    memo.put_many({"a": {"n": 1}, "b": {"n": 2}})
+    memo = AnswerMemo(2)
+    memo.put({"a": {"n": 1}, "b": {"n": 2}})
     assert memo.get_many(["a"]) == {"a": {"n": 1}}
-    memo.put_many({"a": {"n": 1}, "c": {"n": 3}})  # "b" is the least recently used
+    memo.put({"a": {"n": 1}, "c": {"n": 3}})  # "b" is the least recently used
     assert memo.get_many(["a", "b", "c"]) == {"a": {"n": 1}, "c": {"n": 3}}
+
+
+def test_answer_memo_get_refreshes_and_size_zero_keeps_nothing():
+    memo = AnswerMemo(2)
+    memo.put({"a": {"n": 1}, "b": {"n": 2}})
+    assert memo.get("a") == {"n": 1} and memo.get("z") is None
+    memo.put({"c": {"n": 3}})  # "a" was read last, so "b" goes
+    assert memo.get_many(["b", "a", "c", "a"]) == {"a": {"n": 1}, "c": {"n": 3}}
+    memo.clear()
+    assert len(memo) == 0
+    off = AnswerMemo(0)
+    off.put({"a": {"n": 1}})
+    assert len(off) == 0 and off.get("a") is None

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shelver.answer_memo import AnswerMemo
 from shelver.batch_io import (
     DEFAULT_BATCH_ROWS,
     Source,
@@ -150,7 +151,7 @@ class BatchClassifier:
         self.levels = list(self.model.taxonomy_.levels)
         self.text_column = text_column
         self.schema = schema
-        self.memo = Memo(memo_rows)
+        self.memo = AnswerMemo(memo_rows)
 
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
@@ -170,36 +171,13 @@ class BatchClassifier:
         new = [t for t in dict.fromkeys(texts) if t not in known]
         fresh = self.model.classify(new) if new else []
         known.update(zip(new, (p.to_dict() for p in fresh), strict=True))
-        self.memo.put_many(known)
+        self.memo.put(known)
         return [known[t] for t in texts]
 
     def shard(self, tables: Iterable[Any]) -> Iterator[Any]:
         """The tables of one shard, classified with a memo that starts empty."""
         self.memo.clear()
         return map(self, tables)
-
-
-class Memo:
-    """The decisions of up to ``size`` recent distinct texts (least recently used out first)."""
-
-    def __init__(self, size: int) -> None:
-        from collections import OrderedDict
-
-        self.size = size
-        self.entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
-
-    def get_many(self, texts: list[str]) -> dict[str, dict[str, Any]]:
-        return {t: self.entries[t] for t in dict.fromkeys(texts) if t in self.entries}
-
-    def put_many(self, decisions: dict[str, dict[str, Any]]) -> None:
-        for text, decision in decisions.items():
-            self.entries[text] = decision
-            self.entries.move_to_end(text)
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self.entries.clear()
 
 
 def decision_columns(predictions: list[dict[str, Any]], levels: list[str]) -> dict[str, list[Any]]:

@@ -12,12 +12,12 @@ import asyncio
 import logging
 import re
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shelver.answer_memo import AnswerMemo
 from shelver.errors import ShelverError
 from shelver.service.batcher import INVARIANT_GAP, MicroBatcher, Observe, batch_gap
 from shelver.service.settings import Settings
@@ -49,37 +49,14 @@ class Served:
     version: str
     info: dict[str, Any] = field(default_factory=dict)
     query_seconds: float = 1.0  # one query's classify time, measured at load
-    answers: AnswerCache = field(default_factory=lambda: AnswerCache(0))
+    # the answers to the last cache_size distinct queries; each model has its own, so a reload starts empty
+    answers: AnswerMemo = field(default_factory=lambda: AnswerMemo(0))
     batch_gap: float = 0.0  # how far a batch moves its confidences (batcher.batch_gap), at load
 
     @property
     def reference(self) -> dict[str, Any] | None:
         """The calibration rows' confidences and decisions, which live traffic is compared with."""
         return (getattr(self.model, "calibrated_on_", None) or {}).get("reference")
-
-
-class AnswerCache:
-    """The answers to the last ``size`` distinct queries (least recently used go first).
-
-    Search traffic repeats its head queries all day; each model has its own cache, so a reload
-    starts empty. Only the event loop touches it (the classify threads never do).
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
-
-    def get(self, text: str) -> dict[str, Any] | None:
-        answer = self.entries.get(text)
-        if answer is not None:
-            self.entries.move_to_end(text)
-        return answer
-
-    def put(self, answers: dict[str, dict[str, Any]]) -> None:
-        if self.size:
-            self.entries.update(answers)
-            while len(self.entries) > self.size:
-                self.entries.popitem(last=False)
 
 
 class ModelSlot:
@@ -185,7 +162,7 @@ def load_served(path: str | Path, threads: int | None = 1, cache_size: int = 0) 
     seconds = _query_seconds(model)  # a model that cannot answer is not swapped in
     gap = batch_gap(model)
     info = describe(model, root) | {"batch_invariant": gap <= INVARIANT_GAP}
-    return Served(model, root, model_version(root), info, seconds, AnswerCache(cache_size), gap)
+    return Served(model, root, model_version(root), info, seconds, AnswerMemo(cache_size), gap)
 
 
 def _query_seconds(model: Any, runs: int = 5) -> float:
