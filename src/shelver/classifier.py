@@ -2,7 +2,9 @@
 
 Body and head, as in setfit: an encoder turns texts into embeddings once (cached by text),
 and a head (flat, masked or per-group) is trained on them. ``__init__`` only stores
-parameters; everything learned ends in ``_`` and is set in ``fit``; training data is not kept.
+parameters; everything learned ends in ``_`` and is set in one method, ``set_fitted`` (which
+``fit``, loading a model directory and the end-to-end baseline call), or by ``calibrate``;
+training data is not kept.
 
 Serving loads this module, so it imports neither scikit-learn nor pandas: the estimator
 contract comes from ``ParamsMixin`` below (``sklearn.base.clone`` and ``is_classifier`` work on
@@ -11,9 +13,11 @@ it), and training imports what it needs when it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ from shelver.config import DecisionConfig
 from shelver.decisions import (
     Prediction,
     Scores,
+    Thresholds,
     answered_paths,
     decide,
     multi_label_predictions,
@@ -44,6 +49,43 @@ from shelver.errors import ConfigError, DataError, NotFittedError
 from shelver.features import LexicalFeatures, LexicalOptions, join_features
 from shelver.heads import Head, LinearOptions, make_head
 from shelver.taxonomy import Taxonomy, format_path
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+# a fit knows nothing of a selection (no ``selection_``); a loaded model knows it had none (None)
+UNSET = _Unset.UNSET
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedDecisions:
+    """What ``calibrate`` learns: the calibration, the thresholds and what they were fitted on."""
+
+    multi_label: bool
+    calibration: Calibration
+    thresholds: Thresholds
+    calibrated_on: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedState:
+    """Everything a fitted ``HierarchicalClassifier`` learned, set at once by ``set_fitted``.
+
+    ``encoder`` None builds the ``encoder`` parameter; ``decisions`` None is the identity
+    calibration with thresholds from the parameters; ``selection`` is how ``train_model`` chose
+    the head (``UNSET``: leave ``selection_`` as it is).
+    """
+
+    head: Head
+    train_counts: np.ndarray
+    train_fingerprint: str
+    encoder: Encoder | None = None
+    lexical: LexicalFeatures | None = None
+    train_sources: dict[str, int] | None = None
+    decisions: FittedDecisions | None = None
+    selection: dict[str, Any] | _Unset | None = UNSET
 
 
 class ParamsMixin:
@@ -189,22 +231,57 @@ class HierarchicalClassifier(ParamsMixin):
             raise DataError(f"X has {len(texts):,} texts but y has {len(labels):,} rows")
         real = _real_rows(source, len(texts))
         # the training rows by provenance, synthetic included; the model card shows them
-        self.train_sources_ = None if source is None else _source_counts(_as_source(source, len(texts)))
+        sources = None if source is None else _source_counts(_as_source(source, len(texts)))
         if self.multi_label:
             texts, labels, real = _merged(texts, labels, real)
         leaves = np.array([self.taxonomy.leaf_index[tuple(row)] for row in labels])
-        self.taxonomy_ = self.taxonomy
-        self.encoder_ = self.build_encoder()
-        embeddings = self.encoder_.encode(texts, progress=self.progress)
-        self.lexical_ = self._fit_lexical(texts)
-        self.head_: Head = make_head(self.head, self.taxonomy).fit(
-            self.join(embeddings, texts), leaves, self._options(), progress=self.progress
+        encoder = self.build_encoder()
+        embeddings = encoder.encode(texts, progress=self.progress)
+        lexical = self._fit_lexical(texts)
+        head = make_head(self.head, self.taxonomy).fit(
+            _joined(embeddings, texts, lexical), leaves, self._options(), progress=self.progress
         )
-        self.train_counts_ = np.bincount(leaves[real], minlength=len(self.taxonomy))
-        self.train_fingerprint_ = _fingerprint(texts, labels)
+        counts = np.bincount(leaves[real], minlength=len(self.taxonomy))
+        state = FittedState(head, counts, _fingerprint(texts, labels), encoder, lexical, sources)
+        return self.set_fitted(state)
+
+    def set_fitted(self, state: FittedState) -> HierarchicalClassifier:
+        """Set every learned attribute from ``state``: ``fit``, loading a model directory, the
+        end-to-end fine-tuning baseline and the head selection all come through here."""
+        self.taxonomy_ = self.taxonomy
+        self.encoder_ = state.encoder if state.encoder is not None else self.build_encoder()
+        self.head_: Head = state.head
+        self.lexical_ = state.lexical
+        self.train_counts_ = state.train_counts
+        self.train_fingerprint_ = state.train_fingerprint
+        self.train_sources_ = state.train_sources
         self.classes_ = level_classes(self.taxonomy)
         self._init_decisions()
+        if state.decisions is not None:
+            decisions = state.decisions
+            self.multi_label_, self.calibration_ = decisions.multi_label, decisions.calibration
+            self.thresholds_, self.calibrated_on_ = decisions.thresholds, decisions.calibrated_on
+        if state.selection is not UNSET:
+            self.selection_ = state.selection
         return self
+
+    def fitted_state(self) -> FittedState:
+        """What ``set_fitted`` set (and ``calibrate`` since): ``dataclasses.replace`` it to derive
+        a model that differs in one part, e.g. another head on the same encoder and rows."""
+        self._check_fitted()
+        decisions = FittedDecisions(
+            self.multi_label_, self.calibration_, self.thresholds_, self.calibrated_on_
+        )
+        return FittedState(
+            self.head_,
+            self.train_counts_,
+            self.train_fingerprint_,
+            self.encoder_,
+            self.lexical_,
+            self.train_sources_,
+            decisions,
+            getattr(self, "selection_", UNSET),
+        )
 
     def build_encoder(self) -> Encoder:
         """The ``encoder`` parameter as a ``CachedEncoder`` (each distinct text embedded once)."""
@@ -218,8 +295,7 @@ class HierarchicalClassifier(ParamsMixin):
 
     def join(self, embeddings: np.ndarray, texts: list[str]) -> Any:
         """The heads' input for ``texts`` given their embeddings (from any encoder of this model)."""
-        lexical = getattr(self, "lexical_", None)
-        return join_features(embeddings, lexical.rows(texts) if lexical is not None else None)
+        return _joined(embeddings, texts, getattr(self, "lexical_", None))
 
     def _options(self) -> LinearOptions:
         return LinearOptions(
@@ -379,6 +455,10 @@ class HierarchicalClassifier(ParamsMixin):
 def level_classes(taxonomy: Taxonomy) -> list[np.ndarray]:
     """sklearn's multi-output ``classes_``: category names, then leaf paths ``"A > B"``."""
     return [np.array(taxonomy.categories), np.array([format_path(p) for p in taxonomy.paths])]
+
+
+def _joined(embeddings: np.ndarray, texts: list[str], lexical: LexicalFeatures | None) -> Any:
+    return join_features(embeddings, lexical.rows(texts) if lexical is not None else None)
 
 
 def _as_texts(X: Any) -> list[str]:

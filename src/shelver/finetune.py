@@ -370,7 +370,7 @@ def end_to_end_model(
     Saved and loaded like any model directory (``heads.safetensors``); note that refitting a
     clone of it trains a logistic-regression flat head instead of fine-tuning again.
     """
-    from shelver.classifier import HierarchicalClassifier, _fingerprint, level_classes
+    from shelver.classifier import FittedState, HierarchicalClassifier, _fingerprint
     from shelver.heads import FlatHead
 
     if result.head is None:
@@ -384,14 +384,9 @@ def end_to_end_model(
     )
     head = FlatHead(taxonomy)
     head.leaf_model = result.head
-    leaves = _leaf_indices(train, taxonomy)
-    model.taxonomy_, model.head_, model.lexical_ = taxonomy, head, None
-    model.encoder_ = model.build_encoder()
-    model.train_counts_ = np.bincount(leaves, minlength=len(taxonomy))
-    model.train_fingerprint_ = _fingerprint(train.texts, train.y)
-    model.classes_ = level_classes(taxonomy)
-    model._init_decisions()  # identity calibration until calibrate() sees a validation split
-    return model
+    counts = np.bincount(_leaf_indices(train, taxonomy), minlength=len(taxonomy))
+    # identity calibration until calibrate() sees a validation split
+    return model.set_fitted(FittedState(head, counts, _fingerprint(train.texts, train.y)))
 
 
 def describe(result: FinetuneResult) -> dict[str, Any]:

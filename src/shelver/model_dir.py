@@ -25,16 +25,14 @@ import json
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from shelver.classifier import FittedDecisions, FittedState, HierarchicalClassifier
 from shelver.errors import ModelDirError
 from shelver.heads import HEADS
 from shelver.taxonomy import Taxonomy, format_path
-
-if TYPE_CHECKING:
-    from shelver.classifier import HierarchicalClassifier
 
 FORMAT_VERSION = 1
 HASHED_FILES = ("config.json", "taxonomy.json", "heads.safetensors", "calibration.json")
@@ -198,8 +196,6 @@ def _build(
 ) -> HierarchicalClassifier:
     from safetensors.numpy import load_file
 
-    from shelver.classifier import HierarchicalClassifier
-
     config = json.loads((root / "config.json").read_text())
     trained_on = Taxonomy.load(root / "taxonomy.json")
     if taxonomy is not None:
@@ -209,17 +205,37 @@ def _build(
     runtime = None if encoder == "saved" else _runtime_encoder(root, manifest, config, encoder, threads)
     if runtime is not None:
         params["encoder"] = runtime
-    model = HierarchicalClassifier(taxonomy=trained_on, **params)
-    head_cls = HEADS[params["head"]]
-    _restore(
-        model, manifest, head_cls.from_arrays(trained_on, load_file(str(root / "heads.safetensors"))), root
+    head = HEADS[params["head"]].from_arrays(trained_on, load_file(str(root / "heads.safetensors")))
+    training = manifest["training"]
+    state = FittedState(
+        head=head,
+        train_counts=np.array([training["counts"].get(format_path(p), 0) for p in trained_on.paths]),
+        train_fingerprint=training["fingerprint"],
+        encoder=runtime,  # None: the model builds its saved encoder
+        lexical=_load_lexical(root, params),
+        train_sources=training.get("sources"),
+        decisions=_load_decisions(root, trained_on),
+        selection=_load_selection(root),
     )
-    model.lexical_ = _load_lexical(root, params)
+    return HierarchicalClassifier(taxonomy=trained_on, **params).set_fitted(state)
+
+
+def _load_decisions(root: Path, taxonomy: Taxonomy) -> FittedDecisions | None:
+    """Temperatures and thresholds; a model saved before calibration existed gets the defaults."""
+    from shelver.calibration import decisions_from_dict
+
+    file = root / "calibration.json"
+    if not file.is_file():
+        return None
+    payload = json.loads(file.read_text())
+    calibration, thresholds = decisions_from_dict(payload, taxonomy)
+    multi_label = bool(payload.get("multi_label", False))
+    return FittedDecisions(multi_label, calibration, thresholds, payload.get("fitted_on"))
+
+
+def _load_selection(root: Path) -> dict[str, Any] | None:
     selection = root / SELECTION_FILE
-    model.selection_ = json.loads(selection.read_text()) if selection.is_file() else None
-    if runtime is not None:
-        model.encoder_ = runtime
-    return model
+    return json.loads(selection.read_text()) if selection.is_file() else None
 
 
 def _load_lexical(root: Path, params: dict[str, Any]):
@@ -395,34 +411,6 @@ def check_same_taxonomy(trained_on: Taxonomy, expected: Taxonomy) -> None:
 def _encoder_spec(root: Path, entry: dict[str, Any]) -> str:
     prefix, rest = _split_static(entry["spec"])
     return f"{prefix}{root / ENCODER_DIR}" if rest == ENCODER_DIR else entry["spec"]
-
-
-def _restore(model: HierarchicalClassifier, manifest: dict[str, Any], head: Any, root: Path) -> None:
-    from shelver.classifier import level_classes
-
-    taxonomy = model.taxonomy
-    counts = manifest["training"]["counts"]
-    model.taxonomy_ = taxonomy
-    model.encoder_ = model.build_encoder()
-    model.head_ = head
-    model.train_counts_ = np.array([counts.get(format_path(p), 0) for p in taxonomy.paths])
-    model.train_fingerprint_ = manifest["training"]["fingerprint"]
-    model.train_sources_ = manifest["training"].get("sources")
-    model.classes_ = level_classes(taxonomy)
-    _restore_decisions(model, root)
-
-
-def _restore_decisions(model: HierarchicalClassifier, root: Path) -> None:
-    """Temperatures and thresholds; a model saved before calibration existed gets the defaults."""
-    from shelver.calibration import decisions_from_dict
-
-    model._init_decisions()
-    file = root / "calibration.json"
-    if file.is_file():
-        payload = json.loads(file.read_text())
-        model.multi_label_ = bool(payload.get("multi_label", False))
-        model.calibration_, model.thresholds_ = decisions_from_dict(payload, model.taxonomy_)
-        model.calibrated_on_ = payload.get("fitted_on")
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -105,8 +105,7 @@ def select_and_fit(
     if not len(scored_on):  # too few rows to hold any out: the first (simplest) candidate
         model = build_model(options[0].apply(config), taxonomy, progress, encoder)
         model.fit(data.texts, data.y, source=data.source)
-        model.selection_ = _unscored(options[0], time.perf_counter() - start)
-        return model
+        return _with_record(model, _unscored(options[0], time.perf_counter() - start))
     base = build_model(options[0].apply(config), taxonomy, progress, encoder)
     base.fit(fit_on.texts, fit_on.y, source=fit_on.source)
     shared = time.perf_counter() - start  # encoding, the vocabulary and the first head
@@ -117,8 +116,12 @@ def select_and_fit(
     if valid is None:  # refit the winner on every training row, reusing the encoder's cache
         model = build_model(options[best].apply(config), taxonomy, progress, base.encoder_)
         model.fit(data.texts, data.y, source=data.source)
-    model.selection_ = _record(rows, best, scored_on, valid is None, time.perf_counter() - start)
-    return model
+    return _with_record(model, _record(rows, best, scored_on, valid is None, time.perf_counter() - start))
+
+
+def _with_record(model: HierarchicalClassifier, record: dict[str, Any]) -> HierarchicalClassifier:
+    """``model`` with how it was chosen in ``selection_`` (saved as ``selection.json``)."""
+    return model.set_fitted(dataclasses.replace(model.fitted_state(), selection=record))
 
 
 def _choose(rows: list[dict[str, Any]], correct: list[np.ndarray]) -> int:
@@ -248,9 +251,7 @@ def _with_head(base: HierarchicalClassifier, option: Candidate, head: Head) -> H
     model = copy.copy(base).set_params(
         head=option.kind, router=option.router, class_weight=option.class_weight
     )
-    model.head_ = head
-    model.calibration_ = dataclasses.replace(base.calibration_, leaf_first=head.leaf_first)
-    return model
+    return model.set_fitted(dataclasses.replace(base.fitted_state(), head=head, decisions=None))
 
 
 def _predict(model: HierarchicalClassifier, features: Any) -> np.ndarray:
