@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from shelver.data import write_table
 from shelver.taxonomy import Taxonomy, format_path
 
 # every spelling of the five gender values seen in the titles (possessives, singulars)
@@ -69,5 +70,5 @@ def write_fashion_gender_view(products_csv: str | Path, out: str | Path) -> dict
     taxonomy.save(files["taxonomy"])
     for split in ("train", "valid", "test"):
         files[split] = out / f"{split}.csv"
-        rows.loc[rows["split"] == split, ["text", "path", "n_labels"]].to_csv(files[split], index=False)
+        write_table(rows.loc[rows["split"] == split, ["text", "path", "n_labels"]], files[split])
     return files

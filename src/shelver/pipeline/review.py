@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shelver.data import write_table
 from shelver.pipeline.runner import RunContext, file_hash
 from shelver.pipeline.select import sample_texts, store_path
 from shelver.taxonomy import format_path
@@ -35,10 +36,10 @@ def _review_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     logged = read_query_log(ctx.log_path)
     queries = [(q, c) for q, c in logged if q not in human and q not in sample]
     frame = review_frame(model, queries, ctx.config.review.limit)
-    frame.to_csv(directory / REVIEW_FILE, index=False)
+    write_table(frame, directory / REVIEW_FILE)
     cfg = ctx.config.review
     calibration = calibration_sample(model, queries, cfg.calibration_rows, cfg.strata, ctx.config.train.seed)
-    calibration.to_csv(directory / SAMPLE_FILE, index=False)
+    write_table(calibration, directory / SAMPLE_FILE)
     return {
         "rows": len(frame),
         "abstained": int((frame["decision"] != "full").sum()),

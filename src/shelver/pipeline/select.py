@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shelver.data import write_table
 from shelver.pipeline.config import SelectStage, _smoothing
 from shelver.pipeline.runner import RunContext, _hash, file_hash
 from shelver.taxonomy import Taxonomy
@@ -52,8 +53,8 @@ def _select_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     is_valid = frame["text"].map(lambda t: text_bucket(t) < cfg.valid_fraction).astype(bool)
     train, valid = frame[~is_valid], frame[is_valid]
     _require_rows(train, valid, cfg)
-    train.to_csv(directory / "train.csv", index=False)
-    valid.to_csv(directory / "valid.csv", index=False)
+    write_table(train, directory / "train.csv")
+    write_table(valid, directory / "valid.csv")
     return {
         "train_rows": len(train),
         "valid_rows": len(valid),
