@@ -22,7 +22,8 @@ from conftest import TREE, ServerProcess
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from shelver.service.slot import model_version, redact
+from shelver.model_dir import model_version
+from shelver.service.slot import redact
 from shelver.taxonomy import Taxonomy
 
 TOKEN = "t0ken-for-tests"
