@@ -42,7 +42,6 @@ BLOCK_TIMEOUT = 180
 SITECUSTOMIZE = """
 import shelver.encoders as _package
 import shelver.encoders.base as _base
-import shelver.model_dir as _model_dir
 
 _make_encoder = _base.make_encoder
 
@@ -52,7 +51,11 @@ def make_encoder(spec, **options):
     return _make_encoder("hashing" if spec == "minilm" else spec, **options)
 
 
+# patched before anything imports the name (model_dir imports the classifier, which imports it)
 _base.make_encoder = _package.make_encoder = make_encoder
+
+import shelver.model_dir as _model_dir  # noqa: E402
+
 # so the configuration's "minilm", now hashing underneath, needs no ONNX export (bootstrap's export stage)
 _model_dir.TORCH_FREE_PREFIXES = (*_model_dir.TORCH_FREE_PREFIXES, "minilm")
 """
