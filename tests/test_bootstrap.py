@@ -442,13 +442,13 @@ def test_calibration_sample_is_traffic_weighted_and_stratified(tiny_xy, taxonomy
     import numpy as np
 
     from shelver import HierarchicalClassifier
-    from shelver.pipeline.review import calibration_sample
+    from shelver.pipeline.review import calibration_sample, predicted_frame
 
     texts, y = tiny_xy
     model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", target_precision=0.8).fit(texts, y)
     model.calibrate(texts, y)
     log = [(f"{t} {i}", 1000 if i % 10 == 0 else 1) for i, t in enumerate(texts * 5)]
-    frame = calibration_sample(model, log, 40, 4, seed=0)
+    frame = calibration_sample(predicted_frame(model, log), 40, 4, seed=0, threshold=model.thresholds_.level2)
     assert len(frame) == 40 and frame["text"].is_unique and (frame["human_path"] == "").all()
     assert sorted(frame["stratum"].value_counts().tolist()) == [10, 10, 10, 10]
     frequent = np.mean([c == 1000 for _, c in log])

@@ -35,10 +35,14 @@ def _review_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     sample = sample_texts(ctx.labeled_sample)  # real labels already: nothing to review there
     logged = read_query_log(ctx.log_path)
     queries = [(q, c) for q, c in logged if q not in human and q not in sample]
-    frame = review_frame(model, queries, ctx.config.review.limit)
+    predicted = predicted_frame(model, queries)  # classified once, for both files
+    frame = review_frame(predicted, ctx.config.review.limit)
     write_table(frame, directory / REVIEW_FILE)
     cfg = ctx.config.review
-    calibration = calibration_sample(model, queries, cfg.calibration_rows, cfg.strata, ctx.config.train.seed)
+    threshold = model.thresholds_.level2
+    calibration = calibration_sample(
+        predicted, cfg.calibration_rows, cfg.strata, ctx.config.train.seed, threshold
+    )
     write_table(calibration, directory / SAMPLE_FILE)
     return {
         "rows": len(frame),
@@ -49,8 +53,28 @@ def _review_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     }
 
 
+def predicted_frame(model: Any, queries: list[tuple[str, int]]) -> pd.DataFrame:
+    """The log's queries and counts with the model's best path (``label``: ``=`` in ``human_path``
+    accepts it on import), decision, reason and the confidence of the whole path (rounded;
+    ``_confidence`` keeps it exact)."""
+    predictions = model.classify([q for q, _ in queries]) if queries else []
+    exact = [float(p.confidence[-1]) for p in predictions]
+    return pd.DataFrame(
+        {
+            "text": [q for q, _ in queries],
+            "count": [c for _, c in queries],
+            "label": [format_path(p.candidate) for p in predictions],
+            "decision": [p.decision for p in predictions],
+            "confidence": [round(c, 6) for c in exact],
+            "reason": [p.reason for p in predictions],
+            "human_path": "",
+            "_confidence": exact,
+        }
+    )
+
+
 def calibration_sample(
-    model: Any, queries: list[tuple[str, int]], n: int, strata: int, seed: int
+    predicted: pd.DataFrame, n: int, strata: int, seed: int, threshold: float
 ) -> pd.DataFrame:
     """Queries to label next so the thresholds can be certified at more coverage.
 
@@ -58,34 +82,21 @@ def calibration_sample(
     served traffic: queries drawn with probability proportional to their count (frequent queries
     first in expectation), stratified into ``strata`` bands of the model's full-path confidence
     of equal traffic, ``n / strata`` from each. Label it whole: a part chosen by hand is no longer
-    a sample of traffic. Bands nearest the level-2 threshold come first in the file.
+    a sample of traffic. Bands nearest the level-2 ``threshold`` come first in the file.
     """
     columns = ["text", "count", "label", "decision", "confidence", "stratum", "human_path"]
-    if not queries or n <= 0:
+    if predicted.empty or n <= 0:
         return pd.DataFrame(columns=columns)
-    texts, counts = [q for q, _ in queries], np.array([c for _, c in queries], dtype=np.float64)
-    predictions = model.classify(texts)
-    confidence = np.array([float(p.confidence[-1]) for p in predictions])
-    band = _traffic_bands(confidence, counts, strata)
+    counts = predicted["count"].to_numpy(dtype=np.float64)
+    band = _traffic_bands(predicted["_confidence"].to_numpy(), counts, strata)
     rng, chosen = np.random.default_rng(seed), []
     for b in range(strata):
         rows = np.flatnonzero(band == b)
         k = min(len(rows), round(n / strata))
         if k:
             chosen += rng.choice(rows, k, replace=False, p=counts[rows] / counts[rows].sum()).tolist()
-    frame = pd.DataFrame(
-        {
-            "text": [texts[i] for i in chosen],
-            "count": counts[chosen].astype(int),
-            "label": [format_path(predictions[i].candidate) for i in chosen],
-            "decision": [predictions[i].decision for i in chosen],
-            "confidence": np.round(confidence[chosen], 6),
-            "stratum": band[chosen],
-            "human_path": "",
-        }
-    )
-    threshold = min(float(model.thresholds_.level2), 1.0)
-    frame["_near"] = (frame["confidence"] - threshold).abs()
+    frame = predicted.iloc[chosen].assign(stratum=band[chosen])
+    frame["_near"] = (frame["confidence"] - min(float(threshold), 1.0)).abs()
     return frame.sort_values(["_near", "count"], ascending=[True, False], kind="stable")[columns].reset_index(
         drop=True
     )
@@ -107,26 +118,11 @@ def _human_labeled(ctx: RunContext) -> set[str]:
         return store.human_queries()
 
 
-def review_frame(model: Any, queries: list[tuple[str, int]], limit: int) -> pd.DataFrame:
-    """Abstentions and partial answers (most frequent first), then the least sure full answers.
-
-    ``label`` is the model's best path, so ``=`` in ``human_path`` accepts it on import."""
+def review_frame(predicted: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """Abstentions and partial answers (most frequent first), then the least sure full answers,
+    from ``predicted_frame``."""
     columns = ["text", "count", "label", "decision", "confidence", "reason", "human_path"]
-    if not queries:
-        return pd.DataFrame(columns=columns)
-    predictions = model.classify([q for q, _ in queries])
-    frame = pd.DataFrame(
-        {
-            "text": [q for q, _ in queries],
-            "count": [c for _, c in queries],
-            "label": [format_path(p.candidate) for p in predictions],
-            "decision": [p.decision for p in predictions],
-            "confidence": [round(float(p.confidence[-1]), 6) for p in predictions],  # of the whole path
-            "reason": [p.reason for p in predictions],
-            "human_path": "",
-        }
-    )
-    frame["_doubt"] = (frame["decision"] != "full").astype(int)
+    frame = predicted.assign(_doubt=(predicted["decision"] != "full").astype(int))
     chosen = frame.sort_values(["_doubt", "confidence"], ascending=[False, True], kind="stable").head(limit)
     chosen = chosen.sort_values(["_doubt", "count"], ascending=[False, False], kind="stable")
     return chosen[columns].reset_index(drop=True)
