@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -82,7 +83,7 @@ class ServiceMetrics:
             buckets=drift.EDGES,
             registry=r,
         )
-        self.drift = DriftGauges(r)
+        self.drift = DriftGauges(r, self.confidence, self.decisions)
         self.model = Gauge(
             "shelver_model_info",
             "The served model (value 1)",
@@ -110,7 +111,6 @@ class ServiceMetrics:
         for level, values in zip(LEVELS, zip(*confidences, strict=True), strict=True):
             for value in values:
                 self.confidence.labels(level).observe(value)
-        self.drift.observe(confidences, counts)
 
     def serving(
         self, version: str, previous: str | None = None, reference: dict[str, Any] | None = None
@@ -135,9 +135,10 @@ class ServiceMetrics:
 class DriftGauges:
     """Live traffic against the calibration sample (``shelver.drift``), per level and worker:
     the population stability index of the confidences, and the answered share expected (from
-    the sample) and seen. Counted since the model started serving; no reference, no gauges."""
+    the sample) and seen. Read off ``shelver_confidence`` and ``shelver_decisions`` since the
+    model started serving (their counts then are kept); no reference, no gauges."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, confidence: Histogram, decisions: Counter) -> None:
         mode = {"multiprocess_mode": "liveall"}
         self.psi = Gauge(
             "shelver_confidence_psi",
@@ -160,35 +161,42 @@ class DriftGauges:
             registry=registry,
             **mode,
         )
-        self.reference: dict[str, Any] | None = None
+        self.confidence, self.decisions = confidence, decisions
         self.hold_to(None)
 
     def hold_to(self, reference: dict[str, Any] | None) -> None:
         self.reference = reference if reference and reference.get("edges") == list(drift.EDGES) else None
-        self.counts = {level: [0] * len(drift.EDGES) for level in LEVELS}
-        self.decided = dict.fromkeys(drift.DECISION_NAMES, 0)
+        self.since = self._counts()
 
-    def observe(self, confidences: list[list[float]], decisions: dict[str, int]) -> None:
-        if self.reference is None:
-            return
-        for level, values in zip(LEVELS, zip(*confidences, strict=True), strict=True):
-            for i, n in enumerate(drift.bin_counts(values)):
-                self.counts[level][i] += n
-        for name, n in decisions.items():
-            if name in self.decided:
-                self.decided[name] += n
+    def _counts(self) -> dict[str, np.ndarray]:
+        """Per level the confidence bins, and the decisions, counted so far by the two metrics."""
+        index = {float(edge): i for i, edge in enumerate(drift.EDGES)}
+        cumulative = {level: np.zeros(len(drift.EDGES)) for level in LEVELS}
+        for sample in self.confidence.collect()[0].samples:
+            le = sample.labels.get("le", "+Inf")
+            if sample.name.endswith("_bucket") and le != "+Inf":
+                cumulative[sample.labels["level"]][index[float(le)]] = sample.value
+        out = {level: np.diff(c, prepend=0.0) for level, c in cumulative.items()}
+        decided = dict.fromkeys(drift.DECISION_NAMES, 0.0)
+        for sample in self.decisions.collect()[0].samples:
+            if sample.labels.get("decision") in decided:
+                decided[sample.labels["decision"]] = sample.value
+        out["decisions"] = np.array([decided[name] for name in drift.DECISION_NAMES])
+        return out
 
     def update(self) -> None:
         if self.reference is None:
             return
+        now = self._counts()
+        live = {key: now[key] - self.since[key] for key in now}
         shares = _answered(self.reference["decisions"])
-        total = sum(self.decided.values())
-        live = _answered({k: v / total for k, v in self.decided.items()}) if total else None
+        total = live["decisions"].sum()
+        seen = dict(zip(drift.DECISION_NAMES, live["decisions"] / total, strict=True)) if total else None
         for level in LEVELS:
-            self.psi.labels(level).set(drift.psi(self.reference[level], self.counts[level]))
+            self.psi.labels(level).set(drift.psi(self.reference[level], live[level]))
             self.expected.labels(level).set(shares[level])
-            if live is not None:
-                self.live.labels(level).set(live[level])
+            if seen is not None:
+                self.live.labels(level).set(_answered(seen)[level])
 
 
 def _answered(shares: dict[str, float]) -> dict[str, float]:
