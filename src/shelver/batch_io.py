@@ -219,25 +219,21 @@ def _write_atomically(tables: Iterable[Any], path: Path, write: Any) -> int:
 def _write_tables(tables: Iterable[Any], path: Path) -> int:
     import pyarrow.parquet as pq
 
-    writer, rows = None, 0
-    try:
-        for table in tables:
-            writer = writer or pq.ParquetWriter(str(path), table.schema)
-            writer.write_table(table)
-            rows += table.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-    return rows
+    return _write_stream(tables, path, pq.ParquetWriter)
 
 
 def _write_csv_tables(tables: Iterable[Any], path: Path) -> int:
     import pyarrow.csv as pacsv
 
+    return _write_stream(map(_lists_as_json, tables), path, pacsv.CSVWriter)
+
+
+def _write_stream(tables: Iterable[Any], path: Path, open_writer: Any) -> int:
+    """Every table through one writer, opened on the first table's schema; the rows written."""
     writer, rows = None, 0
     try:
-        for table in map(_lists_as_json, tables):
-            writer = writer or pacsv.CSVWriter(str(path), table.schema)
+        for table in tables:
+            writer = writer or open_writer(str(path), table.schema)
             writer.write_table(table)
             rows += table.num_rows
     finally:
