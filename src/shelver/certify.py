@@ -30,7 +30,7 @@ NumPy and the standard library only: the service imports this module.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -123,12 +123,12 @@ def certified_threshold(
             break
         chosen = min(chosen, t)
     fit = _fit("certified", confidence[test], correct[test], chosen, delta)
-    fit = LevelFit(**{**fit.to_dict(), "rows": len(confidence)})
+    fit = replace(fit, rows=len(confidence))
     if fit.certified:
         return fit
     _, coverage, precision = _curve(confidence, correct)
     needed = labels_needed(coverage, precision, len(confidence), target, delta)
-    return LevelFit(**{**fit.to_dict(), "labels_needed": needed})
+    return replace(fit, labels_needed=needed)
 
 
 def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
