@@ -356,7 +356,7 @@ def test_llm_generator_with_llamacpp_writes_short_queries_on_the_intended_path(t
 
 
 def test_titles_keep_short_queries_whole_and_drop_a_title_brand():
-    from shelver.synthesis import _drop_brand
+    from shelver.synthesis.generators import _drop_brand
 
     assert _drop_brand(["organic", "whole", "milk"], set()) == ["organic", "whole", "milk"]
     assert _drop_brand(["acme", "organic", "whole", "milk"], set()) == ["organic", "whole", "milk"]
