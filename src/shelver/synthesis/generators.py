@@ -161,30 +161,32 @@ def typo(word: str, rng: random.Random) -> str:
     return word[:i] + word[i] + word[i:]
 
 
-LLM_SYSTEM = "You write realistic e-commerce search queries, the way shoppers type them into a search box."
-LLM_USER = """Category: {path}
-{attributes}{examples}
-Write {k} different search queries a shopper would type to find products in this category.
-Rules: 2 to 5 words each; lower case; vary the wording and attributes; an occasional typo is fine;
-no brand names; no numbering, quotes or explanations. One query per line."""
+# the built-in prompt file (shelver/prompts/) and what its [user] section must contain
+SYNTHESIS_PROMPT = "synthesize_v1"
+SYNTHESIS_PLACEHOLDERS = ("{path}", "{k}")
 
 
 class LLMGenerator:
     """Queries written by an LLM through a labeling backend (``openai`` or ``llamacpp``)."""
 
     def __init__(self, backend: Any, seed: int = 0, examples: int = 5, temperature: float = 0.8) -> None:
+        from shelver.labeling.prompts import Prompt
+
         self.backend = backend
         self.seed = seed
         self.examples = examples
         self.temperature = temperature
         self.source = f"synthetic:llm:{backend.model}"
+        self.template = Prompt.load(SYNTHESIS_PROMPT, needs=SYNTHESIS_PLACEHOLDERS)
 
     def prompt(self, context: ClassContext, k: int) -> tuple[dict[str, str], ...]:
         attributes = "".join(f"{n}: {', '.join(v[:8])}\n" for n, v in sorted(context.attributes.items()))
         shots = context.titles[: self.examples]
         examples = "Real product titles in it:\n" + "".join(f"- {t}\n" for t in shots) if shots else ""
-        user = LLM_USER.format(path=format_path(context.path), attributes=attributes, examples=examples, k=k)
-        return ({"role": "system", "content": LLM_SYSTEM}, {"role": "user", "content": user})
+        user = self.template.user.format(
+            path=format_path(context.path), attributes=attributes, examples=examples, k=k
+        )
+        return ({"role": "system", "content": self.template.system}, {"role": "user", "content": user})
 
     def generate(self, context: ClassContext, k: int) -> list[str]:
         from shelver.labeling.backends.base import Request
