@@ -141,7 +141,7 @@ def test_every_config_option_default_is_its_dataclass_default():
         if isinstance(param, ConfigOption)
     }
     for name, param in mirrored.items():
-        assert param.default == config_default(param.config_key), (name, param.config_key)
+        assert param.default == config_default(param.config_key, param.section), (name, param.config_key)
     train = {p.name: p for p in main.commands["train"].params}
     assert {
         name: getattr(train[name], "config_key", None) for name in ("target_precision", "multi_label")
@@ -150,6 +150,53 @@ def test_every_config_option_default_is_its_dataclass_default():
         "multi_label": "decision.multi_label",
     }
     assert mirrored["source"].config_key == "encoder.name"  # distill --encoder
+    sections = {(p.section.__name__, p.config_key) for p in mirrored.values()}
+    assert {("SynthesizeStage", "judge_top_k"), ("LabelStage", "concurrency")} <= sections
+
+
+def test_stage_commands_read_their_defaults_from_the_stage_sections():
+    """'shelver label' and 'shelver synthesize' mirror every key they share with their stage."""
+    from shelver.cli import main
+    from shelver.cli.common import ConfigOption
+
+    def mirrored(command: str) -> set[str]:
+        params = main.commands[command].params
+        return {p.config_key for p in params if isinstance(p, ConfigOption)}
+
+    assert mirrored("label") == {
+        "concurrency",
+        "max_retries",
+        "votes",
+        "shortlist",
+        "encoder",
+        "prompt",
+        "limit",
+    }
+    assert mirrored("synthesize") == {
+        "min_examples",
+        "per_class",
+        "generators",
+        "judge_top_k",
+        "encoder",
+        "seed",
+    }
+
+
+def test_config_command_prints_toml_that_loads_back_to_the_same_configuration(tmp_path):
+    from click.testing import CliRunner
+
+    from shelver.cli import main
+    from shelver.config import load_config
+    from shelver.pipeline.config import load_bootstrap_config
+
+    runner = CliRunner()
+    for extra, load in (([], load_config), (["--bootstrap"], load_bootstrap_config)):
+        result = runner.invoke(main, ["config", *extra, "--set", "seed=7" if not extra else "review.limit=9"])
+        assert result.exit_code == 0, result.output
+        path = tmp_path / f"c{len(extra)}.toml"
+        path.write_text(result.output)
+        assert load(path) == load(None, ("seed=7",) if not extra else ("review.limit=9",))
+        assert "# queries are short: 32 tokens" in result.output
 
 
 def test_a_config_option_overrides_the_file_only_when_given(tiny_files, tmp_path):

@@ -12,39 +12,15 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
-import inspect
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from shelver.config_reference import field_comments, toml_value
+
 MARKER = re.compile(r"^<!-- config-reference: ([\w.]+):(\w+) -->$", re.MULTILINE)
 BENCHMARKS_MARKER = "<!-- benchmark-scripts -->"
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """The comment lines directly above each field of ``cls``, joined into one sentence; a field
-    right under another with no comment of its own shares its neighbour's (``"as above"``)."""
-    lines, _ = inspect.getsourcelines(cls)
-    tree = ast.parse("".join(lines))
-    comments: dict[str, str] = {}
-    previous_end = -1
-    for node in tree.body[0].body:  # type: ignore[attr-defined]
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            comment = _comment_above(lines, node.lineno - 1)
-            shares = not comment and node.lineno - 1 == previous_end
-            comments[node.target.id] = "as above" if shares else comment
-            previous_end = node.end_lineno or node.lineno
-    return comments
-
-
-def _comment_above(lines: list[str], index: int) -> str:
-    found: list[str] = []
-    while index > 0 and lines[index - 1].strip().startswith("#"):
-        index -= 1
-        found.insert(0, lines[index].strip().lstrip("#").strip())
-    return " ".join(found)
 
 
 def render(cls: type) -> str:
@@ -72,15 +48,6 @@ def render_instance(instance: Any, prefix: str) -> str:
 def _section(key: str, value: Any, comment: str) -> str:
     why = f"{_cell(comment)}\n\n" if comment else ""
     return f"### `[{key}]`\n\n{why}{render_instance(value, f'{key}.')}"
-
-
-def toml_value(value: Any) -> str:
-    """A default as it is written in a TOML file or after ``--set``."""
-    if value is None:
-        return "none"
-    if isinstance(value, tuple):
-        value = list(value)
-    return json.dumps(value)
 
 
 def _cell(text: str) -> str:

@@ -19,6 +19,11 @@ from shelver.errors import ConfigError
 # a test pins the two together, so this module stays free of NumPy)
 HEAD_KINDS = ("flat", "masked", "per_group")
 ROUTERS = ("categories", "leaves")
+# the labeling backends shelver.labeling.backends builds and the generators shelver.synthesis
+# builds, named here so the CLI offers them as choices without importing either
+BACKENDS = ("embedding", "openai", "llamacpp", "fake")
+LLM_BACKENDS = BACKENDS[1:]
+GENERATORS = ("attributes", "titles", "llm")
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,100 @@ class TrainConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+# ---- the cold-start stages (shelver.pipeline), each also a command of its own --------------------
+@dataclass(frozen=True)
+class LabelStage:
+    """``shelver label`` and bootstrap's label stage."""
+
+    # NAME[=MODEL] per voter, as 'shelver label --backend'; the embedding labeler needs no LLM,
+    # no network and no key: the offline default
+    backends: tuple[str, ...] = ("embedding",)
+    model: str | None = None
+    base_url: str | None = None
+    # [BACKEND.]KEY=VALUE, as 'shelver label --option'
+    options: tuple[str, ...] = ()
+    # the encoder that builds shortlists, scores the embedding backend's answers and, in bootstrap,
+    # filters and judges synthetic queries
+    encoder: str = "minilm"
+    # a small model reads ten candidates well and two hundred badly; the right path is usually in
+    # the top 10
+    shortlist: int = 10
+    # votes per LLM voter; more than one samples at temperature 0.7 so the votes can disagree
+    votes: int = 1
+    # enough to keep a remote API busy without tripping its rate limit on the first minute
+    concurrency: int = 4
+    # 429/5xx/timeouts: 5 retries at backoff 1 s wait about 1 + 2 + 4 + 8 + 16 = 31 s in all, long
+    # enough to ride out a minute's rate-limit window, short enough that a dead server fails the
+    # call within half a minute (labeling/retry.py; LLM synthesis retries the same way)
+    max_retries: int = 5
+    backoff: float = 1.0
+    # a versioned prompt of shelver/prompts, or a .txt file; the version goes with every label
+    prompt: str = "label_v1"
+    # label only the N most frequent queries (None: all)
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class SelectStage:
+    # machine labels below this confidence are left out (human labels always go in); the embedding
+    # labeler's confidence is a softmax over its shortlist: a toss-up between two paths scores ~0.5.
+    # Without smoothing 0.3-0.5 did best (grocery, 8k-row log slice, valid L1 ~0.565)
+    min_confidence: float = 0.5
+    # share of the selected rows held out (by a hash of the text, so a query never moves split)
+    valid_fraction: float = 0.2
+    # re-derive the embedding labeler's labels from the log's own embeddings (labeling/smoothing.py):
+    # leaf vectors refined by the rows they win, then each row's distribution averaged over its
+    # nearest log rows; human and LLM labels are never changed. It helps where the zero-shot labels
+    # are weak and hurts where they are good (bootstrapped L1: grocery 0.571 -> 0.602, fashion
+    # 0.945 -> 0.872, bootstrap-smooth*.md), so "auto" keeps it only when a --labeled-sample shows
+    # the smoothed labels of the sample's own log queries to be more accurate (no sample: off);
+    # "on" and "off" force it
+    smooth: str = "auto"
+    # min_confidence for smoothed labels: a mean over neighbours, so lower than a raw confidence
+    # (median ~0.4). Grocery, 8k-row log slice, valid L1: 0.0 -> 0.575, 0.2 -> 0.579, 0.5 -> 0.528
+    smooth_min_confidence: float = 0.2
+    # weight of the mean of the rows a leaf wins against its description (valid: 1 -> 0.570, 3 -> 0.577)
+    smooth_beta: float = 3.0
+    # neighbours averaged per row (valid L1: 10 -> 0.587, 20 -> 0.595, 30 -> 0.598)
+    smooth_k: int = 30
+
+
+@dataclass(frozen=True)
+class SynthesizeStage:
+    # on by default: the leaves a fresh log barely covers are where a bootstrapped model is weakest
+    enabled: bool = True
+    # leaves with fewer selected training rows than this get synthetic ones (the report's tail: 50)
+    min_examples: int = 50
+    # queries kept per leaf and generator, at most
+    per_class: int = 20
+    # attributes and titles (the log's own queries, query-ized) need no model; "llm" writes with
+    # the label stage's LLM backend
+    generators: tuple[str, ...] = ("attributes", "titles")
+    # the judge (label.encoder against the leaf descriptions) must rank the intended leaf in its
+    # top K; 3 as in benchmarks/synthesis.py (top 1 removed rows that still taught); 0: no judge
+    judge_top_k: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ExportStage:
+    # ONNX export of a transformer encoder takes minutes on CPU; a hashing encoder needs none
+    onnx: bool = True
+    quantize: bool = True
+
+
+@dataclass(frozen=True)
+class ReviewStage:
+    # rows in the review CSV: abstentions first in frequency order, then the least sure answers
+    limit: int = 500
+    # rows in calibration_sample.csv, a traffic-weighted sample stratified by confidence: 300
+    # labeled queries certified precision 0.9 on grocery query-form traffic at most of the point
+    # estimate's coverage (benchmarks/results/real_query_confidence.md)
+    calibration_rows: int = 300
+    # confidence strata of calibration_sample.csv (equal traffic each)
+    strata: int = 5
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Defaults, then the TOML file, then each ``key=value`` override (dotted keys)."""
     values: dict[str, Any] = {}
@@ -160,12 +259,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return build(TrainConfig, values, "")
 
 
-def config_default(key: str) -> Any:
-    """The default of a dotted key (``"decision.target_precision"``): what a CLI option mirrors."""
-    node: Any = TrainConfig()
+def config_default(key: str, section: type = TrainConfig) -> Any:
+    """The default of a dotted key of ``section`` (``"decision.target_precision"`` of TrainConfig,
+    ``"judge_top_k"`` of SynthesizeStage): what a CLI option mirrors."""
+    node: Any = section()
     for part in key.split("."):
         if not hasattr(node, part):
-            raise ConfigError(f"unknown config key {key!r}")
+            raise ConfigError(f"unknown config key {key!r} of {section.__name__}")
         node = getattr(node, part)
     return node
 

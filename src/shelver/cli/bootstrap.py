@@ -60,27 +60,10 @@ def bootstrap(
 ) -> None:
     """Label a raw log, train, calibrate, evaluate, export and list queries to review; resumable.
 
-    \b
-    [select], the labels that train (keys, defaults):
-      min_confidence = 0.5    machine labels below it are left out
-      valid_fraction = 0.2    share held out for calibration, by a hash of the text
-      smooth = "auto"         re-label the embedding labeler's rows from the log's own embeddings:
-                              leaves refined by the rows they win, then a mean over neighbours
-                              (source embedding+smooth; human and LLM labels never change);
-                              auto: only if it makes --labeled-sample's labels more accurate
-                              (no sample: off); "on" / "off" force it
-      smooth_min_confidence = 0.2   smoothed labels below it are left out
-      smooth_beta = 3.0       weight of the rows a leaf wins against its description
-      smooth_k = 30           nearest log rows averaged per row
-    \b
-    [synthesize], between select and train (keys, defaults):
-      enabled = true          off: train on the selected labels only
-      min_examples = 50       leaves with fewer selected training rows get synthetic queries
-      per_class = 20          queries kept per leaf and generator, at most
-      generators = ["attributes", "titles"]   add "llm" to write with the label backend
-      judge_top_k = 3         label.encoder must rank the leaf in its top K (0: no judge)
-      seed = 0
-    Rows that duplicate training text or copy the held-out split or --labeled-sample are
+    Every key of --config and --set, its default and the measured reason for it:
+    'shelver config --bootstrap'.
+
+    Synthetic rows that duplicate training text or copy the held-out split or --labeled-sample are
     dropped; kept rows (source synthetic:*) train but never count toward the tail bands.
     """
     from shelver.labeling.backends.llamacpp import llama_log

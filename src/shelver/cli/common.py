@@ -36,16 +36,25 @@ def main() -> None:
 
 
 class ConfigOption(click.Option):
-    """An option that mirrors a configuration key: its default is the dataclass default (one home;
-    a test pins every ConfigOption to it), and only a value given on the command line overrides
-    the key, so a config file's value is never replaced by a default."""
+    """An option that mirrors a configuration key of a ``section`` of shelver.config (TrainConfig,
+    or a stage such as SynthesizeStage): its default is the dataclass default (one home; a test
+    pins every ConfigOption to it), and only a value given on the command line overrides the key,
+    so a config file's value is never replaced by a default."""
 
-    def __init__(self, *args: object, config_key: str, **kwargs: object) -> None:
-        from shelver.config import config_default
+    def __init__(self, *args: object, config_key: str, section: type | None = None, **kwargs: object) -> None:
+        from shelver.config import TrainConfig, config_default
 
         self.config_key = config_key
-        kwargs.setdefault("default", config_default(config_key))
+        self.section = section or TrainConfig
+        kwargs.setdefault("default", config_default(config_key, self.section))
+        kwargs.setdefault("show_default", True)
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def stage_option(section: type, key: str, *decls: str, **kwargs: object) -> Callable:
+    """``click.option`` mirroring ``section.key`` (``--key-with-dashes`` unless ``decls`` names it)."""
+    flags = decls or ("--" + key.replace("_", "-"), key)
+    return click.option(*flags, cls=ConfigOption, config_key=key, section=section, **kwargs)
 
 
 def given_overrides(ctx: click.Context) -> tuple[str, ...]:

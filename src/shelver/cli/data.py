@@ -12,9 +12,11 @@ from shelver.cli.common import (
     existing_file,
     labeling_backend_options,
     main,
+    stage_option,
     taxonomy_option,
     train_option,
 )
+from shelver.config import GENERATORS, LLM_BACKENDS, LabelStage, SynthesizeStage
 
 
 # ---- label raw search logs (LLM, validated against the taxonomy) -------------------------------
@@ -35,19 +37,13 @@ from shelver.cli.common import (
     help="Label store (SQLite) to create, or to resume: finished queries are skipped.",
 )
 @labeling_backend_options
-@click.option("--concurrency", default=4, show_default=True, help="Calls in flight at once.")
-@click.option(
-    "--max-retries", default=5, show_default=True, help="Retries of a call on 429/5xx/timeouts (backoff)."
-)
-@click.option(
-    "--votes", default=1, show_default=True, help="Samples per LLM backend (agreement -> confidence)."
-)
-@click.option("--shortlist", default=10, show_default=True, help="Candidate paths shown to the LLM.")
-@click.option(
-    "--encoder", default="minilm", show_default=True, help="Encoder for shortlists and the embedding backend."
-)
-@click.option("--prompt", default="label_v1", show_default=True, help="Prompt name or .txt file.")
-@click.option("--limit", type=int, help="Label only the N most frequent queries.")
+@stage_option(LabelStage, "concurrency", type=int, help="Calls in flight at once.")
+@stage_option(LabelStage, "max_retries", type=int, help="Retries of a call on 429/5xx/timeouts (backoff).")
+@stage_option(LabelStage, "votes", type=int, help="Samples per LLM backend (agreement -> confidence).")
+@stage_option(LabelStage, "shortlist", type=int, help="Candidate paths shown to the LLM.")
+@stage_option(LabelStage, "encoder", help="Encoder for shortlists and the embedding backend.")
+@stage_option(LabelStage, "prompt", help="Prompt name or .txt file.")
+@stage_option(LabelStage, "limit", type=int, help="Label only the N most frequent queries.")
 @click.option("--synonyms", "synonyms_path", type=existing_file, help="JSON/YAML {variant: canonical name}.")
 @click.option("--price-prompt", type=float, help="US$ per million prompt tokens (cost estimate).")
 @click.option("--price-completion", type=float, help="US$ per million completion tokens (cost estimate).")
@@ -79,20 +75,26 @@ def label(
     verbose: bool,
 ) -> None:
     """Label a raw search log into a resumable store; every label is a path of the taxonomy or none."""
-    from shelver.labeling import LabelConfig, Labeler, LabelStore, read_query_log
+    from shelver.labeling import Labeler, LabelStore, read_query_log
     from shelver.labeling.backends.llamacpp import llama_log
-    from shelver.labeling.config import voters_from_cli
+    from shelver.labeling.config import label_config
     from shelver.taxonomy import Taxonomy
 
-    config = LabelConfig(
-        voters=voters_from_cli(backends, model, base_url, options),
+    stage = LabelStage(
+        backends=backends or LabelStage.backends,
+        model=model,
+        base_url=base_url,
+        options=options,
         encoder=encoder,
         shortlist=shortlist,
-        samples=votes,
-        prompt=prompt,
+        votes=votes,
         concurrency=concurrency,
         max_retries=max_retries,
+        prompt=prompt,
         limit=limit,
+    )
+    config = label_config(
+        stage,
         price_prompt=price_prompt,
         price_completion=price_completion,
         synonyms=_read_synonyms(synonyms_path),
@@ -366,22 +368,20 @@ def labels_import(store_path: Path, review_path: Path, reviewer: str | None) -> 
     type=click.Path(dir_okay=False, path_type=Path),
     help="Synthetic file (.csv/.parquet/.jsonl).",
 )
-@click.option(
-    "--min-examples", default=50, show_default=True, help="Synthesize for leaves with fewer training rows."
+@stage_option(
+    SynthesizeStage, "min_examples", type=int, help="Synthesize for leaves with fewer training rows."
 )
-@click.option(
-    "--per-class", default=20, show_default=True, help="Queries kept per leaf and generator (at most)."
-)
-@click.option(
+@stage_option(SynthesizeStage, "per_class", type=int, help="Queries kept per leaf and generator (at most).")
+@stage_option(
+    SynthesizeStage,
+    "generators",
     "--generator",
     "generators",
     multiple=True,
-    type=click.Choice(["attributes", "titles", "llm"]),
-    help="Repeat to combine (default: attributes and titles).",
+    type=click.Choice(GENERATORS),
+    help="Repeat to combine.",
 )
-@click.option(
-    "--backend", type=click.Choice(["openai", "llamacpp", "fake"]), help="LLM backend of --generator llm."
-)
+@click.option("--backend", type=click.Choice(LLM_BACKENDS), help="LLM backend of --generator llm.")
 @click.option(
     "--model", help="LLM: a name for openai, a GGUF path or 'smollm2'/'qwen2.5-coder-1.5b' for llamacpp."
 )
@@ -396,17 +396,15 @@ def labels_import(store_path: Path, review_path: Path, reviewer: str | None) -> 
     "--judge",
     help="Keep rows a judge assigns to their leaf: a trained model directory, or 'embedding'.",
 )
-@click.option("--judge-top-k", default=1, show_default=True, help="The leaf must be in the judge's top K.")
-@click.option(
-    "--encoder", default="minilm", show_default=True, help="Encoder for near-duplicate/leak filters."
-)
+@stage_option(SynthesizeStage, "judge_top_k", type=int, help="The leaf must be in the judge's top K.")
+@stage_option(LabelStage, "encoder", help="Encoder for near-duplicate/leak filters and the embedding judge.")
 @click.option(
     "--shopify",
     "shopify_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="shopify-taxonomy folder: add its color/pattern/material values to the attributes.",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the generators.")
+@stage_option(SynthesizeStage, "seed", type=int, help="Seed of the generators.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synthesize(
     taxonomy_path: Path,
@@ -439,7 +437,7 @@ def synthesize(
             taxonomy,
             frame,
             y,
-            s.make_generators(generators or ("attributes", "titles"), seed, llm),
+            s.make_generators(generators, seed, llm),
             encoder=encoder,
             min_examples=min_examples,
             per_class=per_class,

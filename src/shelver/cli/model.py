@@ -81,6 +81,26 @@ def train(
         _evaluate_and_print(model, valid, out / "valid", model_dir=out)
 
 
+@main.command("config")
+@click.option(
+    "--bootstrap", "for_bootstrap", is_flag=True, help="All of bootstrap's stages, not train's keys alone."
+)
+@click.option("--config", "config_path", type=existing_file, help="TOML configuration to resolve.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+def show_config(for_bootstrap: bool, config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    """Print the configuration 'train' (or 'bootstrap') would run with, as TOML: every key, its
+    value and the measured reason for its default. Save it to start a config file of your own."""
+    from shelver.config import load_config
+    from shelver.config_reference import commented_toml
+
+    if for_bootstrap:
+        from shelver.pipeline.config import load_bootstrap_config
+
+        click.echo(commented_toml(load_bootstrap_config(config_path, overrides)))
+    else:
+        click.echo(commented_toml(load_config(config_path, overrides)))
+
+
 @main.command()
 @model_option
 @click.option("--data", "data_path", required=True, type=existing_file, help="Labeled data to score.")

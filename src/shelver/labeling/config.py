@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from shelver.config import LabelStage
 from shelver.errors import ConfigError
 from shelver.labeling.backends import BACKENDS
-from shelver.labeling.retry import BACKOFF, MAX_RETRIES
 
 
 @dataclass(frozen=True)
@@ -25,25 +25,19 @@ class VoterSpec:
 
 @dataclass(frozen=True)
 class LabelConfig:
-    # the embedding labeler needs no LLM, no network and no key: the offline default
+    """A labeling run's resolved settings; their defaults and reasons are ``LabelStage``'s."""
+
     voters: tuple[VoterSpec, ...] = (VoterSpec("embedding"),)
-    # the encoder that builds shortlists and scores the embedding backend's answers
-    encoder: str = "minilm"
-    # a small model reads ten candidates well and two hundred badly; the right path is usually in the top 10
-    shortlist: int = 10
-    # votes per LLM voter; more than one samples at sample_temperature so the votes can disagree
-    samples: int = 1
+    encoder: str = LabelStage.encoder
+    shortlist: int = LabelStage.shortlist
+    samples: int = LabelStage.votes
     # diverse enough to expose uncertainty, low enough to stay on topic
     sample_temperature: float = 0.7
-    prompt: str = "label_v1"
-    # enough to keep a remote API busy without tripping its rate limit on the first minute
-    concurrency: int = 4
-    # 429/5xx/timeouts: up to this many retries, waiting backoff * 2**attempt (capped at 60 s);
-    # the one policy of labeling and synthesis, its reasons in labeling/retry.py
-    max_retries: int = MAX_RETRIES
-    backoff: float = BACKOFF
-    # label only the N most frequent queries (None: all)
-    limit: int | None = None
+    prompt: str = LabelStage.prompt
+    concurrency: int = LabelStage.concurrency
+    max_retries: int = LabelStage.max_retries
+    backoff: float = LabelStage.backoff
+    limit: int | None = LabelStage.limit
     # US$ per million prompt / completion tokens, for the cost estimate (None: no estimate)
     price_prompt: float | None = None
     price_completion: float | None = None
@@ -53,6 +47,23 @@ class LabelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
+
+
+def label_config(stage: LabelStage, **extra: Any) -> LabelConfig:
+    """The run's settings from a stage section (``shelver label``'s options or bootstrap's [label]);
+    ``extra`` sets what only a run has (prices, synonyms)."""
+    return LabelConfig(
+        voters=voters_from_cli(stage.backends, stage.model, stage.base_url, stage.options),
+        encoder=stage.encoder,
+        shortlist=stage.shortlist,
+        samples=stage.votes,
+        prompt=stage.prompt,
+        concurrency=stage.concurrency,
+        max_retries=stage.max_retries,
+        backoff=stage.backoff,
+        limit=stage.limit,
+        **extra,
+    )
 
 
 def voters_from_cli(

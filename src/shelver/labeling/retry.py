@@ -1,5 +1,6 @@
 """One retry-with-backoff for every LLM call: labeling votes and synthesis generations.
 
+The policy (how many retries, the first wait) is ``LabelStage.max_retries`` and ``backoff``.
 Only ``TransientBackendError`` (HTTP 429, 5xx, timeouts) is retried; anything else propagates at once.
 """
 
@@ -10,15 +11,11 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from shelver.config import LabelStage
 from shelver.errors import TransientBackendError
 
 T = TypeVar("T")
 
-# 5 retries at backoff 1 s wait about 1 + 2 + 4 + 8 + 16 = 31 s in all: long enough to ride out a
-# rate-limit window of a minute's quota on a remote API, short enough that a dead server fails the
-# call within half a minute rather than stalling the run
-MAX_RETRIES = 5
-BACKOFF = 1.0
 # no single wait longer than a minute, whatever the attempt or the server's Retry-After says
 MAX_DELAY = 60.0
 
@@ -35,8 +32,8 @@ def retry_delay(attempt: int, backoff: float, retry_after: float | None) -> floa
 
 def with_retries(
     call: Callable[[], T],
-    max_retries: int = MAX_RETRIES,
-    backoff: float = BACKOFF,
+    max_retries: int = LabelStage.max_retries,
+    backoff: float = LabelStage.backoff,
     sleep: Callable[[float], object] = time.sleep,
 ) -> T:
     """``call()``, retried up to ``max_retries`` times on a transient failure; the last one is raised."""

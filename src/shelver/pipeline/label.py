@@ -18,18 +18,10 @@ def _label_inputs(ctx: RunContext) -> dict[str, Any]:
 
 
 def _label_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
-    from shelver.labeling import LabelConfig, Labeler, LabelStore, read_query_log
-    from shelver.labeling.config import voters_from_cli
+    from shelver.labeling import Labeler, LabelStore, read_query_log
+    from shelver.labeling.config import label_config
 
-    cfg = ctx.config.label
-    config = LabelConfig(
-        voters=voters_from_cli(cfg.backends, cfg.model, cfg.base_url, cfg.options),
-        encoder=cfg.encoder,
-        shortlist=cfg.shortlist,
-        samples=cfg.votes,
-        concurrency=cfg.concurrency,
-        limit=cfg.limit,
-    )
+    config = label_config(ctx.config.label)
     labeler = Labeler(ctx.taxonomy, config)
     with LabelStore(directory / "labels.sqlite") as store:
         try:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from shelver.config import BACKENDS
 from shelver.errors import ConfigError
 from shelver.labeling.backends.base import NONE_ANSWER, Backend, Reply, Request
 
-BACKENDS = ("embedding", "openai", "llamacpp", "fake")
 # what --model means when it is not given
 DEFAULT_MODELS = {"openai": "gpt-4o-mini", "llamacpp": "smollm2", "fake": "first", "embedding": None}
 
