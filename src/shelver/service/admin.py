@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request, Response
 
 from shelver.service.metrics import ServiceMetrics
 from shelver.service.responses import error, json_response, parse
-from shelver.service.schemas import ReloadRequest
+from shelver.service.schemas import BODY_ERRORS, ErrorBody, InvalidBody, Reloaded, ReloadRequest, documented
 from shelver.service.settings import Settings
 from shelver.service.slot import ModelSlot, ReloadError, Served
 
@@ -37,7 +37,24 @@ UNAUTHORISED = "admin endpoints need 'Authorization: Bearer <SHELVER_ADMIN_TOKEN
 def add_admin(app: FastAPI, slot: ModelSlot, metrics: ServiceMetrics, settings: Settings) -> None:
     body_doc = {"content": {"application/json": {"schema": ReloadRequest.model_json_schema()}}}
 
-    @app.post("/admin/reload", openapi_extra={"requestBody": body_doc}, response_class=Response)
+    errors = {
+        **BODY_ERRORS,
+        401: (ErrorBody, "The Authorization header is not 'Bearer <SHELVER_ADMIN_TOKEN>'."),
+        403: (ErrorBody, "Admin endpoints are off: SHELVER_ADMIN_TOKEN is not set."),
+        409: (ErrorBody, "The model was trained on another taxonomy; allow_taxonomy_change is not true."),
+        422: (
+            InvalidBody | ErrorBody,
+            "An invalid body (with `errors`), or a refused directory: outside the models root, "
+            "or it does not load.",
+        ),
+    }
+
+    @app.post(
+        "/admin/reload",
+        openapi_extra={"requestBody": body_doc},
+        response_class=Response,
+        responses=documented(Reloaded, errors),
+    )
     async def reload(request: Request) -> Response:
         """Swap in a model directory atomically; a refused one leaves the old one serving."""
         client = request.client.host if request.client else None

@@ -32,7 +32,17 @@ from shelver.service.admin import add_admin, reload_audited
 from shelver.service.guard import FastRoute, GuardMiddleware
 from shelver.service.metrics import ServiceMetrics
 from shelver.service.responses import error, json_response, parse
-from shelver.service.schemas import classify_request_model
+from shelver.service.schemas import (
+    BODY_ERRORS,
+    ClassifyAnswer,
+    ErrorBody,
+    Health,
+    InvalidBody,
+    ModelInfo,
+    Ready,
+    classify_request_model,
+    documented,
+)
 from shelver.service.settings import Settings, get_settings
 from shelver.service.slot import ModelSlot, ReloadError, Served
 
@@ -143,24 +153,40 @@ def _classify_answer(slot: ModelSlot, metrics: ServiceMetrics, schema: type[Base
 def _add_classify(app: FastAPI, slot: ModelSlot, schema: type[BaseModel], answer: FastRoute) -> None:
     body_doc = {"content": {"application/json": {"schema": schema.model_json_schema()}}, "required": True}
 
-    @app.post("/v1/classify", openapi_extra={"requestBody": body_doc}, response_class=Response)
+    errors = {
+        **BODY_ERRORS,
+        422: (
+            InvalidBody,
+            "Invalid JSON, or a body the request schema refuses; `detail` names the first problem.",
+        ),
+        503: (ErrorBody, "Classification took longer than SHELVER_REQUEST_TIMEOUT seconds."),
+    }
+
+    @app.post(
+        "/v1/classify",
+        openapi_extra={"requestBody": body_doc},
+        response_class=Response,
+        responses=documented(ClassifyAnswer, errors),
+    )
     async def classify(request: Request) -> Response:
         """Classify one query or a batch; each answer is what ``shelver predict`` prints."""
         return await answer(await request.body())  # the guard answers first; this documents the route
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", response_class=Response, responses=documented(ModelInfo, {}))
     async def model_info() -> Response:
         """The served model: taxonomy, version, thresholds, training fingerprint."""
         return json_response(slot.current.info)  # type: ignore[union-attr]
 
 
 def _add_probes(app: FastAPI, slot: ModelSlot, metrics: ServiceMetrics) -> None:
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     async def healthz() -> dict[str, str]:
         """The process is up (liveness)."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    not_ready = {503: (ErrorBody, "No model loaded yet.")}
+
+    @app.get("/readyz", response_class=Response, responses=documented(Ready, not_ready))
     async def readyz() -> Response:
         """A model is loaded and answers (readiness)."""
         if slot.current is None:
