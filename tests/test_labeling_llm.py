@@ -35,8 +35,8 @@ from shelver.labeling import (
     write_training_file,
 )
 from shelver.labeling.backends.openai import OpenAIBackend
+from shelver.labeling.resolver import PathResolver
 from shelver.labeling.validation import validate
-from shelver.taxonomy import PathResolver
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = [

@@ -6,9 +6,9 @@ import pytest
 
 from shelver.labeling.backends.base import answer_grammar, answer_schema
 from shelver.labeling.prompts import Prompt
+from shelver.labeling.resolver import PathResolver
 from shelver.labeling.validation import extract_answer, validate
 from shelver.labeling.votes import Vote, decide
-from shelver.taxonomy import PathResolver
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from shelver.errors import DataError
+from shelver.labeling.resolver import PathResolver
 from shelver.labeling.store import LabelStore
-from shelver.taxonomy import Path_, PathResolver, Taxonomy, parse_path
+from shelver.taxonomy import Path_, Taxonomy, parse_path
 from shelver.text_keys import text_key
 
 # the names that tie the labeling config, the pre-annotations and the export together

@@ -19,8 +19,9 @@ import pandas as pd
 
 from shelver.errors import DataError
 from shelver.labeling.export import export_frame
+from shelver.labeling.resolver import PathResolver
 from shelver.labeling.store import LabelStore
-from shelver.taxonomy import Path_, PathResolver, Taxonomy, format_path
+from shelver.taxonomy import Path_, Taxonomy, format_path
 from shelver.text_keys import text_key
 
 REVIEW_COLUMNS = (

@@ -22,12 +22,13 @@ from shelver.labeling.backends import Backend, Reply, Request, make_backend
 from shelver.labeling.config import LabelConfig
 from shelver.labeling.prompts import Prompt
 from shelver.labeling.querylog import count_queries
+from shelver.labeling.resolver import PathResolver
 from shelver.labeling.retry import with_retries
 from shelver.labeling.shortlist import PathIndex
 from shelver.labeling.store import LabelStore
 from shelver.labeling.validation import Verdict, validate
 from shelver.labeling.votes import decide
-from shelver.taxonomy import Path_, PathResolver, Taxonomy, format_path
+from shelver.taxonomy import Path_, Taxonomy, format_path
 
 # backends whose answer never changes between samples: one vote each is enough
 DETERMINISTIC = ("embedding",)

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 
 from shelver.labeling.backends.base import NONE_ANSWER
-from shelver.taxonomy import Path_, PathResolver
+from shelver.labeling.resolver import PathResolver
+from shelver.taxonomy import Path_
 
 ANSWER_KEYS = ("path", "category", "label", "answer")
 _OBJECT = re.compile(r"\{.*?\}", re.DOTALL)
