@@ -156,9 +156,24 @@ def test_judge_keeps_only_rows_it_assigns_to_their_leaf(taxonomy: Taxonomy) -> N
     candidates = rows("red boots") + rows("blue backpack", path=("Bags", "Backpacks"))
     judge = FixedJudge(taxonomy.leaf_index[("Bags", "Backpacks")], len(taxonomy))
     kept, counts = s.filter_rows(
-        candidates, HashingEncoder(), s.FilterConfig(), judge=judge, taxonomy=taxonomy
+        candidates, HashingEncoder(), s.FilterConfig(judge_top_k=1), judge=judge, taxonomy=taxonomy
     )
     assert [r.text for r in kept] == ["blue backpack"] and counts.removed["judge"] == 1
+    unjudged, counts = s.filter_rows(
+        candidates, HashingEncoder(), s.FilterConfig(judge_top_k=0), judge=judge, taxonomy=taxonomy
+    )
+    assert len(unjudged) == 2 and counts.removed.get("judge", 0) == 0  # 0: no judge
+
+
+def test_the_api_and_the_cli_share_the_stage_defaults() -> None:
+    import inspect
+
+    from shelver.config import LabelStage, SynthesizeStage
+
+    params = inspect.signature(s.synthesize).parameters
+    assert params["encoder"].default == LabelStage.encoder
+    assert params["min_examples"].default == SynthesizeStage.min_examples
+    assert s.FilterConfig().judge_top_k == SynthesizeStage.judge_top_k
 
 
 # ---- the whole run ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from shelver.config import (
+    GENERATORS,
     ExportStage,
     LabelStage,
     ReviewStage,
@@ -107,8 +108,6 @@ def _as_tuple(value: Any) -> tuple[Any, ...]:
 
 
 def _check_generators(config: BootstrapConfig) -> None:
-    from shelver.synthesis import GENERATORS
-
     generators = config.synthesize.generators
     unknown = [g for g in generators if g not in GENERATORS]
     if unknown:

@@ -62,7 +62,7 @@ def _synthesize(ctx: RunContext, cfg: SynthesizeStage) -> Any:
             per_class=cfg.per_class,
             avoid=_avoid_texts(ctx),
             judge=judge,
-            filters=s.FilterConfig(judge_top_k=max(cfg.judge_top_k, 1)),
+            filters=s.FilterConfig(judge_top_k=cfg.judge_top_k),
             progress=ctx.progress,
         )
     finally:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from shelver.config import LabelStage, SynthesizeStage
 from shelver.encoders import CachedEncoder, Encoder, make_encoder
 from shelver.errors import ConfigError
 from shelver.synthesis.contexts import (
@@ -123,16 +124,19 @@ def synthesize(
     y: np.ndarray,
     generators: Sequence[Generator],
     *,
-    encoder: str | Encoder = "hashing",
-    min_examples: int = 50,
-    per_class: int = 20,
+    encoder: str | Encoder = LabelStage.encoder,
+    min_examples: int = SynthesizeStage.min_examples,
+    per_class: int = SynthesizeStage.per_class,
     avoid: Sequence[str] = (),
     judge: Judge | None = None,
     filters: FilterConfig = FilterConfig(),  # noqa: B008 (frozen: ruff sees that only within one module)
     extra_attributes: Mapping[str, Sequence[str]] | None = None,
     progress: bool = False,
 ) -> SynthesisResult:
-    """Generate and filter queries for every leaf below ``min_examples`` training rows."""
+    """Generate and filter queries for every leaf below ``min_examples`` training rows.
+
+    ``encoder`` filters near duplicates and leaks (and is the labeler's: MiniLM by default, as
+    ``shelver synthesize`` and bootstrap use); ``filters.judge_top_k`` 0 turns ``judge`` off."""
     if not generators:
         raise ConfigError("no generator chosen; pass --generator attributes, titles or llm")
     paths = tail_paths(taxonomy, y, min_examples)

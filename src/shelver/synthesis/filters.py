@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shelver.config import SynthesizeStage
 from shelver.encoders import Encoder
 from shelver.errors import ConfigError
 from shelver.synthesis.contexts import SynthRow
@@ -37,8 +38,9 @@ class FilterConfig:
     near_duplicate: float = 0.95
     # cosine similarity at or above which a synthetic text nearly matches a valid/test text
     near_leak: float = 0.92
-    # the judge must rank the intended leaf within its top ``judge_top_k``
-    judge_top_k: int = 1
+    # the judge must rank the intended leaf within its top K; 0: no judge (the default and its
+    # reason: SynthesizeStage.judge_top_k)
+    judge_top_k: int = SynthesizeStage.judge_top_k
 
 
 def filter_rows(
@@ -62,7 +64,7 @@ def filter_rows(
     rows, vectors = _step(counts, "near_duplicate", rows, keep), vectors[keep]
     keep = _far_from(vectors, encoder, list(dict.fromkeys(avoid)), config.near_leak)
     rows = _step(counts, "near_leak", rows, keep)
-    if judge is not None and rows:
+    if judge is not None and config.judge_top_k > 0 and rows:
         rows = _step(counts, "judge", rows, _judged(rows, judge, taxonomy, config.judge_top_k))
     counts.kept = len(rows)
     return rows, counts

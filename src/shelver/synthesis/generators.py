@@ -8,6 +8,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from shelver.config import GENERATORS
 from shelver.errors import ConfigError
 from shelver.synthesis.contexts import ClassContext
 from shelver.taxonomy import Path_, format_path
@@ -215,9 +216,6 @@ def parse_lines(text: str) -> list[str]:
         if line and not line.endswith(":") and not re.search(r"[{}<>\[\]]", line):
             out.append(line.casefold())
     return list(dict.fromkeys(out))
-
-
-GENERATORS = ("attributes", "titles", "llm")
 
 
 def make_generators(names: Sequence[str], seed: int = 0, backend: Any = None) -> list[Generator]:
