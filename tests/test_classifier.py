@@ -105,9 +105,9 @@ def test_per_group_head_fused_product_equals_one_model_per_group(taxonomy, tiny_
 
     texts, y = tiny_xy
     keep = y[:, 0] != "Tops"  # one category without training rows: its children share its mass
-    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(
-        [t for t, k in zip(texts, keep, strict=True) if k], y[keep]
-    )
+    model = HierarchicalClassifier(
+        taxonomy=taxonomy, encoder="hashing", head="per_group", router="categories", lexical=False
+    ).fit([t for t, k in zip(texts, keep, strict=True) if k], y[keep])
     head, X = model.head_, model.embed(["red boots", "tote bag", "linen shirt", ""])
     P1, P2 = head.proba(X)
     within = np.zeros((len(X), len(taxonomy)), dtype=np.float32)
@@ -120,7 +120,8 @@ def test_per_group_head_fused_product_equals_one_model_per_group(taxonomy, tiny_
 
 def test_leaf_sum_router_is_a_distribution_and_round_trips(taxonomy, tiny_xy, tiny_frames, tmp_path):
     texts, y = tiny_xy
-    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", router="leaves").fit(texts, y)
+    model = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", head="per_group", router="leaves")
+    model.fit(texts, y)
     test = tiny_frames["test"]["text"].tolist()
     P1, P2 = model.predict_proba(test)
     np.testing.assert_allclose(P1.sum(axis=1), 1.0, atol=1e-5)
@@ -128,4 +129,6 @@ def test_leaf_sum_router_is_a_distribution_and_round_trips(taxonomy, tiny_xy, ti
     model.save(tmp_path / "m")
     np.testing.assert_array_equal(load_model(tmp_path / "m").predict(test), model.predict(test))
     with pytest.raises(ConfigError, match="unknown router 'tree'; choose one of categories, leaves"):
-        HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", router="tree").fit(texts, y)
+        HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing", head="per_group", router="tree").fit(
+            texts, y
+        )

@@ -35,6 +35,7 @@ def lexical_model(request, taxonomy, tiny_xy) -> HierarchicalClassifier:
         taxonomy=taxonomy,
         encoder="hashing:64",
         head=request.param,
+        router="categories",
         lexical=True,
         lexical_options={"max_word_features": 50, "max_char_features": 200},
     ).fit(texts, y)
@@ -160,9 +161,11 @@ def test_lexical_features_help_where_the_encoder_is_weak(taxonomy, tiny_xy, tiny
     texts, y = tiny_xy
     test = tiny_frames["test"]
     truth = test[["category", "subcategory"]].to_numpy()
-    weak = dict(taxonomy=taxonomy, encoder="hashing:8", head="flat")
+    weak = dict(taxonomy=taxonomy, encoder="hashing:8", head="flat", lexical=False)
     plain = HierarchicalClassifier(**weak).fit(texts, y).score(test["text"].tolist(), truth)
-    joined = HierarchicalClassifier(**weak, lexical=True).fit(texts, y).score(test["text"].tolist(), truth)
+    joined = (
+        HierarchicalClassifier(**{**weak, "lexical": True}).fit(texts, y).score(test["text"].tolist(), truth)
+    )
     assert joined > plain
 
 

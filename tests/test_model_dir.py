@@ -14,7 +14,7 @@ from shelver.errors import ModelDirError
 def saved(tmp_path_factory, taxonomy, tiny_xy):
     texts, y = tiny_xy
     path = tmp_path_factory.mktemp("m") / "model"
-    HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing:256").fit(texts, y).save(path)
+    HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing:256", lexical=False).fit(texts, y).save(path)
     return path
 
 

@@ -220,3 +220,30 @@ def test_build_model_refuses_auto_and_config_refuses_unknown_values(taxonomy):
         load_config(None, ["head.class_weight=equal"])
     with pytest.raises(ConfigError, match=r'lexical.enabled is true, false or "auto" \(on\), got \'yes\''):
         load_config(None, ["lexical.enabled=yes"])
+
+
+def test_the_estimator_defaults_are_the_configuration_and_its_first_candidate():
+    """HierarchicalClassifier() is what 'auto' becomes without data to choose on; a drift fails."""
+    from shelver import HierarchicalClassifier
+    from shelver.config import AUTO_CLASS_WEIGHTS, AUTO_HEADS, AUTO_LEXICAL, AUTO_ROUTER
+
+    config = TrainConfig()
+    params = HierarchicalClassifier().get_params()
+    assert (params["encoder"], params["C"], params["max_iter"], params["random_state"]) == (
+        config.encoder.name,
+        config.head.C,
+        config.head.max_iter,
+        config.seed,
+    )
+    assert (params["target_precision"], params["delta"], params["multi_label"]) == (
+        config.decision.target_precision,
+        config.decision.delta,
+        config.decision.multi_label,
+    )
+    assert (params["head"], params["class_weight"], params["router"], params["lexical"]) == (
+        AUTO_HEADS[0],
+        AUTO_CLASS_WEIGHTS[0],
+        AUTO_ROUTER,
+        AUTO_LEXICAL,
+    )
+    assert candidates(config)[0].kind == params["head"]

@@ -35,7 +35,13 @@ def _save(taxonomy: Taxonomy, out: Path, multi_label: bool, thresholds: tuple[fl
     rows = make_rows(14, 0)
     rows = multi_rows(rows, 0) if multi_label else rows
     model = HierarchicalClassifier(
-        taxonomy=taxonomy, encoder="hashing", multi_label=multi_label, thresholds=thresholds
+        taxonomy=taxonomy,
+        encoder="hashing",
+        multi_label=multi_label,
+        thresholds=thresholds,
+        head="per_group",
+        router="categories",
+        lexical=False,
     )
     model.fit(rows["text"].tolist(), rows[["category", "subcategory"]].to_numpy())
     return model.save(out)

@@ -300,13 +300,15 @@ def test_synthetic_rows_train_but_only_real_rows_count_for_the_bands(taxonomy, t
     from shelver.training import train_model
 
     texts, y, source = _boots_padded(train)
-    # the estimator's defaults, set explicitly: the configuration's own defaults choose on valid
+    # one fixed configuration for both (the configuration's own defaults choose on valid)
     head = HeadConfig(kind="per_group", router="categories", class_weight=None)
     config = TrainConfig(
         encoder=EncoderConfig(name="hashing"), head=head, lexical=LexicalConfig(enabled=False)
     )
     model = train_model(config, taxonomy, LabeledData(texts, y, source, "t"), progress=False)
-    counted = HierarchicalClassifier(taxonomy=taxonomy, encoder="hashing").fit(texts, y)
+    counted = HierarchicalClassifier(
+        taxonomy=taxonomy, encoder="hashing", head="per_group", router="categories", lexical=False
+    ).fit(texts, y)
     boots = taxonomy.leaf_index[("Shoes", "Boots")]
     assert model.train_counts_[boots] == 14 and counted.train_counts_[boots] == 74
     queries = tiny_frames["test"]["text"].tolist() + ["synthetic boot 3"]

@@ -33,7 +33,16 @@ from shelver.calibration import (
     provenance,
     served_rows,
 )
-from shelver.config import DecisionConfig
+from shelver.config import (
+    AUTO_CLASS_WEIGHTS,
+    AUTO_HEADS,
+    AUTO_LEXICAL,
+    AUTO_ROUTER,
+    DecisionConfig,
+    EncoderConfig,
+    HeadConfig,
+    TrainConfig,
+)
 from shelver.decisions import (
     Prediction,
     Scores,
@@ -157,10 +166,13 @@ class HierarchicalClassifier(ParamsMixin):
     encoder : ``"minilm"`` (default), ``"hashing"``, a sentence-transformers path, or an
         ``Encoder`` instance (shared instances share their embedding cache).
     encoder_options : keyword options for the encoder (``max_seq_length``, ``batch_size``).
-    head : ``"per_group"`` (default), ``"masked"`` or ``"flat"``.
-    router : how ``per_group`` scores categories: ``"categories"``, a softmax over categories,
-        or ``"leaves"``, a softmax over subcategories summed per category (stronger where a
-        category gathers unlike children).
+    Every default is the configuration's (``shelver.config``); where the configuration says
+    "auto" (chosen on validation data by ``shelver train`` / ``train_model``), the default is the
+    first candidate, the simplest: a flat head with lexical features, no class weights.
+
+    head : ``"flat"`` (default), ``"per_group"`` or ``"masked"``.
+    router : how ``per_group`` scores categories: ``"leaves"`` (default), a softmax over
+        subcategories summed per category, or ``"categories"``, a softmax over categories.
     C, class_weight, max_iter : passed to every logistic-regression head.
     random_state : seed of every fitted component.
     progress : show progress bars while encoding and fitting.
@@ -174,7 +186,7 @@ class HierarchicalClassifier(ParamsMixin):
         (``shelver.certify``). ``None`` takes the point estimate, with no guarantee.
     multi_label : identical texts with different labels are one text with several paths;
         predictions are every path above its class threshold.
-    lexical : also give the heads sparse TF-IDF word and character n-grams beside the embedding
+    lexical : also give the heads sparse TF-IDF word and character n-grams beside the embedding (default)
         (``shelver.features``); product names carry brands and exact words an encoder blurs.
     lexical_options : ``LexicalOptions`` fields as a dict (vocabulary caps, n-gram ranges, weight).
     """
@@ -182,20 +194,20 @@ class HierarchicalClassifier(ParamsMixin):
     def __init__(
         self,
         taxonomy: Taxonomy | None = None,
-        encoder: str | Encoder = "minilm",
+        encoder: str | Encoder = EncoderConfig.name,
         encoder_options: dict[str, Any] | None = None,
-        head: str = "per_group",
-        router: str = "categories",
-        C: float = 10.0,
-        class_weight: str | None = None,
-        max_iter: int = 300,
-        random_state: int = 0,
+        head: str = AUTO_HEADS[0],
+        router: str = AUTO_ROUTER,
+        C: float = HeadConfig.C,
+        class_weight: str | None = AUTO_CLASS_WEIGHTS[0],
+        max_iter: int = HeadConfig.max_iter,
+        random_state: int = TrainConfig.seed,
         progress: bool = False,
         thresholds: tuple[float, float] | None = None,
-        target_precision: float | None = None,
+        target_precision: float | None = DecisionConfig.target_precision,
         delta: float | None = DecisionConfig.delta,
-        multi_label: bool = False,
-        lexical: bool = False,
+        multi_label: bool = DecisionConfig.multi_label,
+        lexical: bool = AUTO_LEXICAL,
         lexical_options: dict[str, Any] | None = None,
     ) -> None:
         self.taxonomy = taxonomy

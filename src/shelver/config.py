@@ -71,6 +71,14 @@ class EncoderConfig:
 # "auto" leaves a setting to the selection on validation data (shelver.selection); any other
 # value fixes it, from a config file, --set or Python
 AUTO = "auto"
+# what "auto" may become. The head and class weights are chosen on valid among these, the first
+# (the simplest) unless another scores better by more than the noise; the router and the lexical
+# block need no choice: they won every measurement (the comments in HeadConfig and LexicalConfig).
+# A HierarchicalClassifier built directly, with no data to choose on, takes the first of each.
+AUTO_HEADS = ("flat", "per_group")
+AUTO_CLASS_WEIGHTS = (None, "balanced")
+AUTO_ROUTER = "leaves"
+AUTO_LEXICAL = True
 
 
 @dataclass(frozen=True)

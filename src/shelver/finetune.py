@@ -380,7 +380,11 @@ def end_to_end_model(
         )
     options = {"max_seq_length": config.max_seq_length, "batch_size": config.batch_size}
     model = HierarchicalClassifier(
-        taxonomy=taxonomy, encoder=str(result.encoder_dir), encoder_options=options, head="flat"
+        taxonomy=taxonomy,
+        encoder=str(result.encoder_dir),
+        encoder_options=options,
+        head="flat",
+        lexical=False,  # end to end: the fine-tuned network's own head, nothing beside it
     )
     head = FlatHead(taxonomy)
     head.leaf_model = result.head

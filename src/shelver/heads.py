@@ -2,8 +2,10 @@
 
 - ``flat``: one classifier over all leaves; the category is the predicted leaf's parent.
 - ``masked``: a router picks the category, then the flat classifier is restricted to its children.
-- ``per_group`` (default): the router, plus one independent classifier per category trained
-  only on that category's rows.
+- ``per_group``: the router, plus one independent classifier per category trained only on that
+  category's rows.
+
+Which one serves is chosen on validation data (``shelver.selection``: flat or per_group).
 
 Every head returns the same thing: ``P1`` over categories and ``P2`` over leaves, each row
 summing to 1, with ``P2`` the *joint* probability of the leaf (so ``P1`` is ``P2`` summed over

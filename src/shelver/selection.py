@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from shelver.classifier import HierarchicalClassifier
-from shelver.config import AUTO, TrainConfig
+from shelver.config import AUTO, AUTO_CLASS_WEIGHTS, AUTO_HEADS, AUTO_LEXICAL, AUTO_ROUTER, TrainConfig
 from shelver.data import LabeledData
 from shelver.encoders import Encoder
 from shelver.features import training_matrix
@@ -42,8 +42,7 @@ METRIC = "level2_accuracy"
 # a tenth of grocery's 33k rows is 3.3k, a standard error of ~0.7 points on accuracy
 HOLDOUT_SHARE = 0.1
 # the heads and class weights "auto" chooses among (the router of per_group is "leaves")
-HEADS = ("flat", "per_group")
-CLASS_WEIGHTS = (None, "balanced")
+HEADS, CLASS_WEIGHTS = AUTO_HEADS, AUTO_CLASS_WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -73,9 +72,9 @@ def needs_selection(config: TrainConfig) -> bool:
 def resolve_fixed(config: TrainConfig) -> TrainConfig:
     """``"auto"`` settings that need no selection: lexical features on, the leaf-sum router."""
     lexical = dataclasses.replace(
-        config.lexical, enabled=True if config.lexical.enabled == AUTO else config.lexical.enabled
+        config.lexical, enabled=AUTO_LEXICAL if config.lexical.enabled == AUTO else config.lexical.enabled
     )
-    router = "leaves" if config.head.router == AUTO else config.head.router
+    router = AUTO_ROUTER if config.head.router == AUTO else config.head.router
     return dataclasses.replace(config, lexical=lexical, head=dataclasses.replace(config.head, router=router))
 
 
