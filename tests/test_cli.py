@@ -155,7 +155,7 @@ def test_every_config_option_default_is_its_dataclass_default():
 
 
 def test_stage_commands_read_their_defaults_from_the_stage_sections():
-    """'shelver label' and 'shelver synthesize' mirror every key they share with their stage."""
+    """'shelver label', 'synthesize' and 'export' mirror every key they share with their stage."""
     from shelver.cli import main
     from shelver.cli.common import ConfigOption
 
@@ -172,6 +172,7 @@ def test_stage_commands_read_their_defaults_from_the_stage_sections():
         "prompt",
         "limit",
     }
+    assert mirrored("export") == {"sample", "min_agreement", "quantize"}
     assert mirrored("synthesize") == {
         "min_examples",
         "per_class",

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from shelver.config import ExportStage
 from shelver.encoders.onnx import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, OnnxEncoder
 from shelver.errors import ShelverError
 from shelver.model_dir import ONNX_DIR, load_model, record_export
@@ -36,9 +37,6 @@ if TYPE_CHECKING:
 
 # 18 is the newest opset every onnxruntime release of the last two years runs
 OPSET = 18
-# enough rows that 99.5% agreement means something, few enough to check in seconds
-DEFAULT_SAMPLE = 2000
-DEFAULT_MIN_AGREEMENT = 0.995
 POOLING_MODES = ("mean", "cls")
 # below this mean cosine to PyTorch the graph is broken, not merely quantized (int8 keeps ~0.99)
 MIN_COSINE = 0.95
@@ -84,9 +82,9 @@ def export_onnx(
     model_dir: str | Path,
     texts: list[str] | None = None,
     *,
-    sample: int = DEFAULT_SAMPLE,
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
-    quantize: bool = True,
+    sample: int = ExportStage.sample,
+    min_agreement: float = ExportStage.min_agreement,
+    quantize: bool = ExportStage.quantize,
     progress: bool = True,
     fallback_fp32: bool = False,
 ) -> ExportResult:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from shelver.cli.common import existing_file, main, model_option
+from shelver.cli.common import existing_file, main, model_option, stage_option
+from shelver.config import ExportStage
 
 
 @main.command()
@@ -18,11 +19,9 @@ from shelver.cli.common import existing_file, main, model_option
     help="Texts to check the export on (the validation split is best). Default: taxonomy names.",
 )
 @click.option("--text-column", default="text", show_default=True, help="Column holding the texts.")
-@click.option("--sample", default=2000, show_default=True, help="At most this many texts are checked.")
-@click.option(
-    "--min-agreement", default=0.995, show_default=True, help="Share of predictions ONNX must match."
-)
-@click.option("--quantize/--no-quantize", default=True, show_default=True, help="int8 weights (per channel).")
+@stage_option(ExportStage, "sample", type=int, help="At most this many texts are checked.")
+@stage_option(ExportStage, "min_agreement", type=float, help="Share of predictions ONNX must match.")
+@stage_option(ExportStage, "quantize", "--quantize/--no-quantize", help="int8 weights (per channel).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def export(
     model_dir: Path,

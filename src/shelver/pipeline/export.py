@@ -30,8 +30,15 @@ def _export_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
 
     texts = read_queries(ctx.stage_dir("select") / "valid.csv", "text")
     # unattended: an int8 graph that fails its check gives way to fp32 rather than stop the run
+    cfg = ctx.config.export
     result = export_onnx(
-        target, texts, quantize=ctx.config.export.quantize, progress=ctx.progress, fallback_fp32=True
+        target,
+        texts,
+        sample=cfg.sample,
+        min_agreement=cfg.min_agreement,
+        quantize=cfg.quantize,
+        progress=ctx.progress,
+        fallback_fp32=True,
     )
     summary = {"onnx": result.quantization, "agreement": result.check.describe(), "model": str(target)}
     if result.int8_refused is not None:
