@@ -16,7 +16,7 @@ from shelver.encoders.onnx import OnnxEncoder
 from shelver.errors import ModelDirError
 from shelver.export import INT8, ExportCheck, ExportError, _require, export_onnx, input_names
 from shelver.model_dir import load_model
-from shelver.pipeline import RunContext, _export_run, load_bootstrap_config
+from shelver.pipeline import STAGES, RunContext, load_bootstrap_config
 
 
 def test_onnx_path_predicts_like_pytorch(onnx_model_dir, tiny_frames):
@@ -221,7 +221,7 @@ def test_bootstrap_export_stage_records_the_refused_int8(
     tiny_frames["valid"].to_csv(out / "select" / "valid.csv", index=False)
     config = load_bootstrap_config(None, (f"train.encoder.name={tiny_encoder_dir}",))
     ctx = RunContext(tiny_files["taxonomy"], tiny_files["test"], out, config, progress=False)
-    summary = _export_run(ctx, out / "export")
+    summary = STAGES["export"].run(ctx, out / "export")
     assert summary["onnx"] == "none (fp32)"
     assert summary["int8_refused"].startswith("ONNX predictions match PyTorch on 50.00%")
     assert (out / "export" / "model" / "onnx" / "model.onnx").is_file()

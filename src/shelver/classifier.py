@@ -254,7 +254,7 @@ class HierarchicalClassifier(ParamsMixin):
             _joined(embeddings, texts, lexical), leaves, self._options(), progress=self.progress
         )
         counts = np.bincount(leaves[real], minlength=len(self.taxonomy))
-        state = FittedState(head, counts, _fingerprint(texts, labels), encoder, lexical, sources)
+        state = FittedState(head, counts, training_fingerprint(texts, labels), encoder, lexical, sources)
         return self.set_fitted(state)
 
     def set_fitted(self, state: FittedState) -> HierarchicalClassifier:
@@ -424,7 +424,7 @@ class HierarchicalClassifier(ParamsMixin):
         fitted_on = provenance(texts, source, used, self.target_precision, self.delta, fits)
         codes = decide(scores.conf1, scores.conf2, self.thresholds_)
         self.calibrated_on_ = {
-            "fingerprint": _fingerprint(texts_used, labels[used]),
+            "fingerprint": training_fingerprint(texts_used, labels[used]),
             **fitted_on,
             "reference": drift.reference(scores.conf1, scores.conf2, codes),  # what live traffic is held to
         }
@@ -540,7 +540,7 @@ def _merged(
     return texts, labels, np.array(merged_real, dtype=bool)
 
 
-def _fingerprint(texts: Sequence[str], labels: np.ndarray) -> str:
+def training_fingerprint(texts: Sequence[str], labels: np.ndarray) -> str:
     """Order-independent digest of the training rows."""
     rows = sorted(f"{t}\t{' > '.join(row)}" for t, row in zip(texts, labels, strict=True))
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()

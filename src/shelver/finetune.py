@@ -370,7 +370,7 @@ def end_to_end_model(
     Saved and loaded like any model directory (``heads.safetensors``); note that refitting a
     clone of it trains a logistic-regression flat head instead of fine-tuning again.
     """
-    from shelver.classifier import FittedState, HierarchicalClassifier, _fingerprint
+    from shelver.classifier import FittedState, HierarchicalClassifier, training_fingerprint
     from shelver.heads import FlatHead
 
     if result.head is None:
@@ -390,7 +390,7 @@ def end_to_end_model(
     head.leaf_model = result.head
     counts = np.bincount(_leaf_indices(train, taxonomy), minlength=len(taxonomy))
     # identity calibration until calibrate() sees a validation split
-    return model.set_fitted(FittedState(head, counts, _fingerprint(train.texts, train.y)))
+    return model.set_fitted(FittedState(head, counts, training_fingerprint(train.texts, train.y)))
 
 
 def describe(result: FinetuneResult) -> dict[str, Any]:

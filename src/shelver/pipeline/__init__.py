@@ -20,6 +20,7 @@ again (the label store keeps every finished call, so labeling resumes where it s
 
 from __future__ import annotations
 
+from shelver.pipeline import evaluate, export, label, review, select, synthesize, train
 from shelver.pipeline.config import (
     BootstrapConfig,
     ExportStage,
@@ -29,10 +30,8 @@ from shelver.pipeline.config import (
     SynthesizeStage,
     load_bootstrap_config,
 )
-from shelver.pipeline.evaluate import _evaluate_inputs, _evaluate_run, comparison, render_comparison
-from shelver.pipeline.export import _export_inputs, _export_run
-from shelver.pipeline.label import _label_inputs, _label_run
-from shelver.pipeline.review import REVIEW_FILE, _review_inputs, _review_run, review_frame
+from shelver.pipeline.evaluate import comparison, render_comparison
+from shelver.pipeline.review import REVIEW_FILE, review_frame
 from shelver.pipeline.runner import (
     MANIFEST,
     ORDER,
@@ -46,9 +45,8 @@ from shelver.pipeline.runner import (
     register,
     run_pipeline,
 )
-from shelver.pipeline.select import _select_inputs, _select_run, store_path, text_bucket
-from shelver.pipeline.synthesize import SYNTHETIC_FILE, _synthesize_inputs, _synthesize_run
-from shelver.pipeline.train import _train_inputs, _train_run
+from shelver.pipeline.select import store_path, text_bucket
+from shelver.pipeline.synthesize import SYNTHETIC_FILE
 
 __all__ = [
     "MANIFEST",
@@ -66,7 +64,6 @@ __all__ = [
     "Stage",
     "StageResult",
     "SynthesizeStage",
-    "_export_run",
     "comparison",
     "file_hash",
     "load_bootstrap_config",
@@ -81,12 +78,12 @@ __all__ = [
 
 # registered in pipeline order (STAGES keeps it); run_pipeline walks ORDER
 for _stage in (
-    Stage("label", _label_inputs, _label_run, keep_dir=True),
-    Stage("select", _select_inputs, _select_run),
-    Stage("synthesize", _synthesize_inputs, _synthesize_run),
-    Stage("train", _train_inputs, _train_run),
-    Stage("evaluate", _evaluate_inputs, _evaluate_run),
-    Stage("export", _export_inputs, _export_run),
-    Stage("review", _review_inputs, _review_run),
+    Stage("label", label.inputs, label.run, keep_dir=True),
+    Stage("select", select.inputs, select.run),
+    Stage("synthesize", synthesize.inputs, synthesize.run),
+    Stage("train", train.inputs, train.run),
+    Stage("evaluate", evaluate.inputs, evaluate.run),
+    Stage("export", export.inputs, export.run),
+    Stage("review", review.inputs, review.run),
 ):
     register(_stage)

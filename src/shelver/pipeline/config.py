@@ -72,7 +72,7 @@ def load_bootstrap_config(path: str | Path | None = None, overrides: tuple[str, 
     config = BootstrapConfig(train=train, **sections)
     _check_generators(config)  # before labeling, not hours later when the stage starts
     if config.select.smooth != "off":
-        _smoothing(config)  # its ConfigError too
+        smoothing_settings(config)  # its ConfigError too
     return config
 
 
@@ -115,7 +115,7 @@ def _check_generators(config: BootstrapConfig) -> None:
             f"synthesize.generators has {unknown[0]!r}; use some of {', '.join(GENERATORS)} "
             '(e.g. --set \'synthesize.generators=["attributes", "titles"]\')'
         )
-    if config.synthesize.enabled and "llm" in generators and not _llm_voters(config.label):
+    if config.synthesize.enabled and "llm" in generators and not llm_voters(config.label):
         raise ConfigError(
             "synthesize.generators has 'llm', which writes with the label stage's LLM backend, but "
             f"label.backends is {list(config.label.backends)}; add --backend openai or --backend "
@@ -123,14 +123,15 @@ def _check_generators(config: BootstrapConfig) -> None:
         )
 
 
-def _llm_voters(label: LabelStage) -> list[Any]:
+def llm_voters(label: LabelStage) -> list[Any]:
+    """The label stage's LLM voters (the embedding labeler left out)."""
     from shelver.labeling.config import voters_from_cli
 
     voters = voters_from_cli(label.backends, label.model, label.base_url, label.options)
     return [v for v in voters if v.backend != "embedding"]
 
 
-def _smoothing(config: BootstrapConfig) -> Any:
+def smoothing_settings(config: BootstrapConfig) -> Any:
     """Smoothing with the select stage's beta and k and the embedding backend's own softmax."""
     from shelver.labeling.config import voters_from_cli
     from shelver.labeling.smoothing import Smoothing

@@ -9,11 +9,11 @@ from typing import Any
 from shelver.pipeline.runner import RunContext, file_hash
 
 
-def _evaluate_inputs(ctx: RunContext) -> dict[str, Any]:
+def inputs(ctx: RunContext) -> dict[str, Any]:
     return {"labeled_sample": file_hash(ctx.labeled_sample) if ctx.labeled_sample else None}
 
 
-def _evaluate_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
+def run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     from shelver.data import read_labeled
     from shelver.model_dir import load_model
     from shelver.report import evaluate, write_report

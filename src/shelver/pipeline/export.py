@@ -11,11 +11,11 @@ from shelver.model_dir import TORCH_FREE_PREFIXES
 from shelver.pipeline.runner import RunContext
 
 
-def _export_inputs(ctx: RunContext) -> dict[str, Any]:
+def inputs(ctx: RunContext) -> dict[str, Any]:
     return {"config": dataclasses.asdict(ctx.config.export)}
 
 
-def _export_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
+def run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     target = directory / "model"
     shutil.copytree(ctx.stage_dir("train") / "model", target)
     _copy_evaluations(ctx, target)

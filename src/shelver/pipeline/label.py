@@ -9,7 +9,7 @@ from typing import Any
 from shelver.pipeline.runner import RunContext, file_hash
 
 
-def _label_inputs(ctx: RunContext) -> dict[str, Any]:
+def inputs(ctx: RunContext) -> dict[str, Any]:
     return {
         "taxonomy": file_hash(ctx.taxonomy_path),
         "log": file_hash(ctx.log_path),
@@ -17,7 +17,7 @@ def _label_inputs(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def _label_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
+def run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     from shelver.labeling import Labeler, LabelStore, read_query_log
     from shelver.labeling.config import label_config
 

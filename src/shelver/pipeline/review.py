@@ -18,7 +18,7 @@ REVIEW_FILE = "review.csv"
 SAMPLE_FILE = "calibration_sample.csv"
 
 
-def _review_inputs(ctx: RunContext) -> dict[str, Any]:
+def inputs(ctx: RunContext) -> dict[str, Any]:
     return {
         "config": dataclasses.asdict(ctx.config.review),
         "log": file_hash(ctx.log_path),
@@ -26,7 +26,7 @@ def _review_inputs(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def _review_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
+def run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     from shelver.labeling import read_query_log
     from shelver.model_dir import load_model
 

@@ -113,7 +113,7 @@ def _resolved(ctx: RunContext) -> dict[str, Any]:
 
 def _run_stage(ctx: RunContext, stage: Stage, forced: bool, echo: Callable[[str], None]) -> StageResult:
     inputs = {"stage": stage.name, "upstream": dict(ctx.hashes), **stage.inputs(ctx)}
-    digest = _hash(inputs)
+    digest = payload_hash(inputs)
     ctx.hashes[stage.name] = digest
     directory = ctx.stage_dir(stage.name)
     old = read_manifest(directory)
@@ -173,7 +173,7 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def _hash(payload: Any) -> str:
+def payload_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

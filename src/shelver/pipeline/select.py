@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from shelver.data import write_table
-from shelver.pipeline.config import SelectStage, _smoothing
-from shelver.pipeline.runner import RunContext, _hash, file_hash
+from shelver.pipeline.config import SelectStage, smoothing_settings
+from shelver.pipeline.runner import RunContext, file_hash, payload_hash
 from shelver.taxonomy import Taxonomy
 
 
@@ -21,7 +21,7 @@ def store_path(ctx: RunContext) -> Path:
     return ctx.stage_dir("label") / "labels.sqlite"
 
 
-def _select_inputs(ctx: RunContext) -> dict[str, Any]:
+def inputs(ctx: RunContext) -> dict[str, Any]:
     return {
         "config": dataclasses.asdict(ctx.config.select),
         "labels": _labels_digest(store_path(ctx)),  # human labels imported since change this
@@ -36,10 +36,10 @@ def _labels_digest(path: Path) -> str | None:
         return None
     with LabelStore(path, create=False) as store:
         rows = sorted((r["query"], r["status"], r["path"] or "", r["source"] or "") for r in store.labels())
-    return _hash(rows)
+    return payload_hash(rows)
 
 
-def _select_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
+def run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     from shelver.labeling import LabelStore, export_frame
 
     cfg = ctx.config.select
@@ -116,7 +116,7 @@ def _smoothed(ctx: RunContext, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[
     levels = list(ctx.taxonomy.levels)
     leaves = np.array([ctx.taxonomy.leaf_index[tuple(p)] for p in frame[levels].itertuples(index=False)])
     embeddings = index.encoder.encode(frame["text"].tolist(), progress=ctx.progress)
-    dist = smooth(embeddings, index.vectors, np.where(movable, -1, leaves), _smoothing(ctx.config))
+    dist = smooth(embeddings, index.vectors, np.where(movable, -1, leaves), smoothing_settings(ctx.config))
     out = _relabeled(frame, dist, movable, ctx.taxonomy)
     changed = int((dist.argmax(axis=1) != leaves)[movable].sum())
     return out, {"enabled": True, "rows": int(movable.sum()), "paths_changed": changed}

@@ -6,24 +6,24 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from shelver.pipeline.config import SynthesizeStage, _llm_voters
+from shelver.pipeline.config import SynthesizeStage, llm_voters
 from shelver.pipeline.runner import RunContext, file_hash
 
 SYNTHETIC_FILE = "synthetic.csv"
 
 
-def _synthesize_inputs(ctx: RunContext) -> dict[str, Any]:
+def inputs(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config.synthesize
     llm = cfg.enabled and "llm" in cfg.generators
     return {
         "config": dataclasses.asdict(cfg),
         "encoder": ctx.config.label.encoder,  # the filters' and the judge's
-        "llm": [dataclasses.asdict(v) for v in _llm_voters(ctx.config.label)[:1]] if llm else None,
+        "llm": [dataclasses.asdict(v) for v in llm_voters(ctx.config.label)[:1]] if llm else None,
         "labeled_sample": file_hash(ctx.labeled_sample) if ctx.labeled_sample else None,  # leaks
     }
 
 
-def _synthesize_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
+def run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     cfg = ctx.config.synthesize
     if not cfg.enabled:
         return {"enabled": False, "kept": 0}
@@ -73,7 +73,7 @@ def _synthesize(ctx: RunContext, cfg: SynthesizeStage) -> Any:
 def _label_llm_backend(ctx: RunContext) -> Any:
     from shelver.labeling import make_backend
 
-    spec = _llm_voters(ctx.config.label)[0]  # load_bootstrap_config checked there is one
+    spec = llm_voters(ctx.config.label)[0]  # load_bootstrap_config checked there is one
     return make_backend(spec.backend, spec.model, spec.options)
 
 

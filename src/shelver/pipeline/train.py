@@ -14,14 +14,14 @@ from shelver.pipeline.runner import RunContext, file_hash, read_manifest
 from shelver.pipeline.synthesize import SYNTHETIC_FILE
 
 
-def _train_inputs(ctx: RunContext) -> dict[str, Any]:
+def inputs(ctx: RunContext) -> dict[str, Any]:
     return {
         "config": ctx.config.train.to_dict(),
         "labeled_sample": file_hash(ctx.labeled_sample) if ctx.labeled_sample else None,
     }
 
 
-def _train_run(ctx: RunContext, directory: Path) -> dict[str, Any]:
+def run(ctx: RunContext, directory: Path) -> dict[str, Any]:
     """Train on the selected, synthetic and human-labeled rows. With enough human labels (the
     labeled sample and imported ones), they also fit the thresholds, cross-fitted; else the
     LLM-labeled valid split does, and the thresholds are unverified."""
