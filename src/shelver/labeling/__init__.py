@@ -5,6 +5,7 @@ querylog.py    log -> distinct normalized queries with counts, most frequent fir
 shortlist.py   encoder-retrieved candidate paths (what the LLM chooses from)
 prompts.py     versioned prompt files (shelver/prompts/*.txt); the version goes with each label
 backends/      one protocol: openai (HTTP), llamacpp (in-process, grammar), embedding, fake
+resolver.py    a free-text path (case, separators, synonyms, a bare leaf) -> the taxonomy's own path
 validation.py  parse, repair (counted), or reject with a reason
 votes.py       several votes -> one label, confidence and agreement
 store.py       SQLite (WAL): every call stored as it returns; resumable after any kill
