@@ -225,3 +225,13 @@ def test_bootstrap_export_stage_records_the_refused_int8(
     assert summary["onnx"] == "none (fp32)"
     assert summary["int8_refused"].startswith("ONNX predictions match PyTorch on 50.00%")
     assert (out / "export" / "model" / "onnx" / "model.onnx").is_file()
+
+
+def test_a_missing_export_file_names_the_fix_for_an_export(onnx_model_dir, tmp_path):
+    copy = tmp_path / "m"
+    shutil.copytree(onnx_model_dir, copy)
+    (copy / "onnx" / "encoder.json").unlink()
+    with pytest.raises(
+        ModelDirError, match="onnx/encoder.json is missing; the ONNX export is part of the model"
+    ):
+        load_model(copy)

@@ -364,6 +364,13 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+def _restore(root: Path, name: str) -> str:
+    """How to get a missing file back (the manifest covers the export, so it cannot be re-made)."""
+    if name.startswith(f"{ONNX_DIR}/"):
+        return "the ONNX export is part of the model: copy the model directory whole, or train and export it"
+    return "copy the model directory whole, or train it again"
+
+
 class HashCheck:
     """The manifest's files hashed on worker threads; ``wait`` (and leaving the block) raises
     ``ModelDirError`` for the first missing or modified file."""
@@ -374,7 +381,7 @@ class HashCheck:
         self.root, self.expected = root, manifest["files"]
         for name in self.expected:
             if not (root / name).is_file():
-                raise ModelDirError(f"{root} is incomplete: {name} is missing; retrain the model")
+                raise ModelDirError(f"{root} is incomplete: {name} is missing; {_restore(root, name)}")
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shelver-hash")
         self.digests = {name: self.pool.submit(_sha256, root / name) for name in self.expected}
 
