@@ -235,3 +235,10 @@ def test_a_missing_export_file_names_the_fix_for_an_export(onnx_model_dir, tmp_p
         ModelDirError, match="onnx/encoder.json is missing; the ONNX export is part of the model"
     ):
         load_model(copy)
+
+
+def test_the_check_says_when_it_was_measured_on_title_like_texts():
+    titles = ExportCheck(2000, 0.998, 0.99, 0.97, median_words=7.0).describe()
+    queries = ExportCheck(2000, 0.95, 0.99, 0.97, median_words=2.0).describe()
+    assert "median of 7 words: if they are product titles, short queries agree less" in titles
+    assert "median" not in queries and queries.startswith("ONNX predictions match PyTorch on 95.00%")
