@@ -1,13 +1,16 @@
 """Which int8 MiniLM graph could the service micro-batch? Batch invariance, accuracy and speed.
 
 The service batches a model only when a batch leaves every answer as a single-query call gives
-it (``service/batcher.py``). The shipped int8 graph (``quantize_dynamic``, per channel) is not
-batch-invariant: its activations are quantized with one scale per call, taken from the whole
-batch, so a query's embedding moves with its neighbours'. This script measures, on one model in
-one process, each candidate graph built from the same fp32 export:
+it (``service/batcher.py``). onnxruntime's dynamic int8 graph (``quantize_dynamic``, per channel),
+which ``shelver export`` shipped before, is not batch-invariant: its activations are quantized
+with one scale per call, taken from the whole batch, so a query's embedding moves with its
+neighbours'. This script measures, on one model in one process, each candidate graph built from
+the same fp32 export:
 
 - ``fp32``: the exported graph as is;
-- ``dynamic int8``: what ``shelver export`` ships (weights per channel, activations per call);
+- ``per-token int8``: what ``shelver export`` ships (``shelver.quantize``: one activation scale
+  per token, weights per channel);
+- ``dynamic int8``: weights per channel, activations per call;
 - ``static int8``: activations quantized with scales calibrated once on training texts
   (MinMax, QOperator; attention's activation-by-activation products kept in fp32);
 - ``static int8, FFN2 fp32``: the same, with each layer's second feed-forward product in fp32;
@@ -48,6 +51,7 @@ from serving import machine_probe
 from shelver.encoders.onnx import OnnxEncoder
 from shelver.export import FP32_FILE, MODEL_FILE, _export_graph, _sentence_encoder
 from shelver.model_dir import load_model
+from shelver.quantize import quantize_per_token
 
 BATCHES = (1, 16, 64)
 CALIBRATION_ROWS = 512
@@ -62,7 +66,8 @@ def build_variants(model_dir: Path, train_texts: list[str], work: Path) -> dict[
     _write_config(fp32, info)
     calibration = _calibration_texts(train_texts)
     builders: dict[str, Callable[[Path, Path], None]] = {
-        "dynamic int8 (shipped)": _dynamic,
+        "per-token int8 (shipped)": _per_token,
+        "dynamic int8 (shipped before)": _dynamic,
         "static int8": lambda src, dst: _static(src, dst, calibration, keep_ffn2=False),
         "static int8, FFN2 fp32": lambda src, dst: _static(src, dst, calibration, keep_ffn2=True),
         "MatMulNBits 8-bit": _nbits,
@@ -93,6 +98,10 @@ def _calibration_texts(texts: list[str]) -> list[str]:
 
 def query_form(title: str) -> str:
     return " ".join(title.split()[:3])
+
+
+def _per_token(src: Path, dst: Path) -> None:
+    quantize_per_token(src, dst)
 
 
 def _dynamic(src: Path, dst: Path) -> None:

@@ -172,7 +172,7 @@ def test_stage_commands_read_their_defaults_from_the_stage_sections():
         "prompt",
         "limit",
     }
-    assert mirrored("export") == {"sample", "min_agreement", "quantize"}
+    assert mirrored("export") == {"sample", "min_agreement", "quantize", "int8"}
     assert mirrored("synthesize") == {
         "min_examples",
         "per_class",

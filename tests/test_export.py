@@ -35,7 +35,7 @@ def test_onnx_path_predicts_like_pytorch(onnx_model_dir, tiny_frames):
 def test_export_is_recorded_and_hashed(onnx_model_dir, tmp_path):
     manifest = json.loads((onnx_model_dir / "manifest.json").read_text())
     export = manifest["exports"]["onnx"]
-    assert export["quantization"] == "dynamic int8, per channel"
+    assert export["quantization"] == INT8 == "int8, per-token activations, per-channel weights"
     assert export["check"]["agreement"] >= export["check"]["min_agreement"] == 0.995
     assert {"onnx/model.onnx", "onnx/tokenizer.json", "onnx/encoder.json"} <= set(manifest["files"])
     config = json.loads((onnx_model_dir / "onnx" / "encoder.json").read_text())

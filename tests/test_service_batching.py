@@ -4,7 +4,9 @@ the answer a single-query call gives; a request that finds the model idle never 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+import shutil
 
 import httpx
 import pytest
@@ -12,7 +14,7 @@ from conftest import COLOURS, WORDS, ServerProcess
 
 from shelver.model_dir import load_model
 from shelver.service import Settings
-from shelver.service.batcher import INVARIANT_GAP, MicroBatcher
+from shelver.service.batcher import INVARIANT_GAP, MicroBatcher, batch_gap
 from shelver.service.slot import ModelSlot, load_served
 
 
@@ -74,16 +76,51 @@ def _model_calls(settings: Settings, served, requests: int = 8) -> list[int]:
     return sizes
 
 
-def test_a_model_whose_answers_a_batch_changes_is_not_batched(hashing_model_dir, onnx_model_dir):
+def test_a_model_whose_answers_a_batch_changes_is_not_batched(
+    hashing_model_dir, onnx_model_dir, dynamic_model_dir
+):
     hashing, int8 = load_served(hashing_model_dir), load_served(onnx_model_dir)
     assert hashing.info["batch_invariant"] and hashing.batch_gap <= INVARIANT_GAP
-    # int8 activations are scaled per batch: a neighbour moves a query's confidence
-    assert not int8.info["batch_invariant"] and int8.batch_gap > 1e-3
+    # the export scales int8 activations per token (shelver.quantize): a batch moves no answer
+    assert int8.info["batch_invariant"] and int8.batch_gap <= INVARIANT_GAP
     threads = {"inline_ms": 0, "cache_size": 0, "concurrency": 1}  # one call at a time, on the pool
     assert _model_calls(Settings(model=hashing_model_dir, **threads), hashing) == [1, 7]
-    assert _model_calls(Settings(model=onnx_model_dir, **threads), int8) == [1] * 8
-    forced = Settings(model=onnx_model_dir, microbatch_any_model=True, **threads)
-    assert _model_calls(forced, int8) == [1, 7]
+    assert _model_calls(Settings(model=onnx_model_dir, **threads), int8) == [1, 7]
+
+    # onnxruntime's dynamic int8 scales activations per call: a neighbour moves a query's answer
+    moved = load_served(dynamic_model_dir)
+    assert not moved.info["batch_invariant"] and moved.batch_gap > 1e-3
+    assert _model_calls(Settings(model=dynamic_model_dir, **threads), moved) == [1] * 8
+    forced = Settings(model=dynamic_model_dir, microbatch_any_model=True, **threads)
+    assert _model_calls(forced, moved) == [1, 7]
+
+
+@pytest.fixture(scope="module")
+def dynamic_model_dir(onnx_model_dir, tmp_path_factory, tiny_frames):
+    """The ONNX test model exported again with onnxruntime's per-call dynamic int8 instead."""
+    from shelver.export import export_onnx
+
+    root = tmp_path_factory.mktemp("dynamic") / "model"
+    shutil.copytree(onnx_model_dir, root)
+    export_onnx(root, tiny_frames["valid"]["text"].tolist(), int8="dynamic", progress=False)
+    return root
+
+
+class _Moving:
+    """A model whose confidences shrink by 1% whenever it classifies more than one text."""
+
+    def __init__(self, model) -> None:
+        self.model, self.taxonomy_ = model, model.taxonomy_
+
+    def classify(self, texts):
+        shrink = 0.99 if len(texts) > 1 else 1.0
+        answers = self.model.classify(texts)
+        return [dataclasses.replace(a, confidence=tuple(c * shrink for c in a.confidence)) for a in answers]
+
+
+def test_the_batch_gap_finds_a_model_a_batch_moves(hashing_model_dir):
+    model = load_model(hashing_model_dir)
+    assert batch_gap(model) <= INVARIANT_GAP < 1e-3 < batch_gap(_Moving(model))
 
 
 def _without_confidence(answer: dict) -> dict:

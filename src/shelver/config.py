@@ -24,6 +24,8 @@ ROUTERS = ("categories", "leaves")
 BACKENDS = ("embedding", "openai", "llamacpp", "fake")
 LLM_BACKENDS = BACKENDS[1:]
 GENERATORS = ("attributes", "titles", "llm")
+# the int8 methods shelver.export knows (ExportStage.int8)
+INT8_CHOICES = ("per_token", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,11 @@ class ExportStage:
     # 1 (benchmarks/results/onnx_graph.md), 99.8% of fashion test paths as PyTorch gives them
     # (serving.md)
     quantize: bool = True
+    # how activations are quantized. "per_token": one scale per token (shelver.quantize), so a
+    # batch never moves an answer and the service micro-batches the model; on fashion query
+    # forms it kept 97.5% of fp32's paths, where onnxruntime's "dynamic" one scale per call kept
+    # 94.9%, and ran 10% slower at batch 1, 22% at batch 16 (benchmarks/results/int8_batching.md)
+    int8: str = "per_token"
     # texts the export is checked on: enough that 99.5% agreement means something, few enough to
     # check in seconds
     sample: int = 2000

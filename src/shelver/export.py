@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from shelver.calibration import TITLE_LIKE_WORDS
-from shelver.config import ExportStage
+from shelver.config import INT8_CHOICES, ExportStage
 from shelver.encoders.onnx import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, OnnxEncoder
 from shelver.errors import ShelverError
 from shelver.model_dir import ONNX_DIR, load_model, record_export
@@ -42,7 +42,15 @@ POOLING_MODES = ("mean", "cls")
 # below this mean cosine to PyTorch the graph is broken, not merely quantized (int8 keeps ~0.99)
 MIN_COSINE = 0.95
 FP32_FILE = "model.fp32.onnx"
-INT8 = "dynamic int8, per channel"
+# what each int8 method (ExportStage.int8) records as the export's quantization
+INT8_METHODS = dict(
+    zip(
+        INT8_CHOICES,
+        ("int8, per-token activations, per-channel weights", "dynamic int8, per channel"),
+        strict=True,
+    )
+)
+INT8 = INT8_METHODS[ExportStage.int8]
 FP32 = "none (fp32)"
 log = logging.getLogger(__name__)
 
@@ -94,6 +102,7 @@ def export_onnx(
     sample: int = ExportStage.sample,
     min_agreement: float = ExportStage.min_agreement,
     quantize: bool = ExportStage.quantize,
+    int8: str = ExportStage.int8,
     progress: bool = True,
     fallback_fp32: bool = False,
 ) -> ExportResult:
@@ -102,8 +111,11 @@ def export_onnx(
     ``texts`` are the validation sample (the model's validation split is best); without them
     the check uses texts built from the taxonomy's names. ``fallback_fp32``: when the int8 graph
     fails its check, check and write the fp32 graph instead, recording why int8 was refused
-    (for unattended runs; by default a failed check stops the export).
+    (for unattended runs; by default a failed check stops the export). ``int8``: ``"per_token"``
+    (``shelver.quantize``) or onnxruntime's ``"dynamic"`` quantization.
     """
+    if int8 not in INT8_METHODS:
+        raise ExportError(f"int8 is one of {', '.join(INT8_METHODS)}, got {int8!r}")
     started = time.perf_counter()
     root = Path(model_dir)
     model = load_model(root)
@@ -113,7 +125,7 @@ def export_onnx(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        built = _build(model, encoder, staging, sample_texts, quantize, progress)
+        built = _build(model, encoder, staging, sample_texts, int8 if quantize else None, progress)
         if fallback_fp32 and built.int8 and _failure(built.check, min_agreement):
             built = _fall_back_to_fp32(model, staging, sample_texts, built)
         _require(built.check, min_agreement, root)
@@ -138,7 +150,7 @@ class _Built:
 
     @property
     def int8(self) -> bool:
-        return self.quantization == INT8
+        return self.quantization in INT8_METHODS.values()
 
 
 def _build(
@@ -146,14 +158,14 @@ def _build(
     encoder: Any,
     staging: Path,
     texts: list[str],
-    quantize: bool,
+    int8: str | None,
     progress: bool,
 ) -> _Built:
     with _Steps(progress) as steps:
         steps.next("exporting the encoder to ONNX")
         info = _export_graph(encoder, staging)
-        steps.next("quantizing weights to int8 (per channel)" if quantize else "keeping fp32 weights")
-        quantization = _finish_weights(staging, quantize)
+        steps.next(f"quantizing to int8 ({int8.replace('_', '-')})" if int8 else "keeping fp32 weights")
+        quantization = _finish_weights(staging, int8)
         _write_config(staging, {**info, "quantization": quantization})
         steps.next(f"checking ONNX against PyTorch on {len(texts):,} texts")
         return _Built(info, quantization, check_export(model, OnnxEncoder(staging), texts))
@@ -312,17 +324,25 @@ class _PooledEncoder(torch.nn.Module):
         return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
 
-def _finish_weights(staging: Path, quantize: bool) -> str:
-    """Write ``model.onnx``; the fp32 graph stays beside it until the check has passed."""
+def _finish_weights(staging: Path, int8: str | None) -> str:
+    """Write ``model.onnx`` (int8 by ``int8``'s method, or fp32 when None); the fp32 graph stays
+    beside it until the check has passed."""
     fp32 = staging / FP32_FILE
-    if not quantize:
+    if int8 is None:
         fp32.rename(staging / MODEL_FILE)
         return FP32
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    if int8 == "per_token":
+        from shelver.quantize import quantize_per_token
 
-    with _quiet():
-        quantize_dynamic(str(fp32), str(staging / MODEL_FILE), per_channel=True, weight_type=QuantType.QInt8)
-    return INT8
+        quantize_per_token(fp32, staging / MODEL_FILE)
+    else:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with _quiet():
+            quantize_dynamic(
+                str(fp32), str(staging / MODEL_FILE), per_channel=True, weight_type=QuantType.QInt8
+            )
+    return INT8_METHODS[int8]
 
 
 # ---- the check --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from shelver.cli.common import existing_file, main, model_option, stage_option
-from shelver.config import ExportStage
+from shelver.config import INT8_CHOICES, ExportStage
 
 
 @main.command()
@@ -22,6 +22,12 @@ from shelver.config import ExportStage
 @stage_option(ExportStage, "sample", type=int, help="At most this many texts are checked.")
 @stage_option(ExportStage, "min_agreement", type=float, help="Share of predictions ONNX must match.")
 @stage_option(ExportStage, "quantize", "--quantize/--no-quantize", help="int8 weights (per channel).")
+@stage_option(
+    ExportStage,
+    "int8",
+    type=click.Choice(INT8_CHOICES),
+    help="Activation scales: one per token (a batch moves no answer) or one per call (faster).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def export(
     model_dir: Path,
@@ -30,6 +36,7 @@ def export(
     sample: int,
     min_agreement: float,
     quantize: bool,
+    int8: str,
     quiet: bool,
 ) -> None:
     """Add an ONNX encoder to --model, checked against PyTorch, for torch-free serving."""
@@ -38,7 +45,13 @@ def export(
 
     texts = read_queries(data_path, text_column) if data_path else None
     result = export_onnx(
-        model_dir, texts, sample=sample, min_agreement=min_agreement, quantize=quantize, progress=not quiet
+        model_dir,
+        texts,
+        sample=sample,
+        min_agreement=min_agreement,
+        quantize=quantize,
+        int8=int8,
+        progress=not quiet,
     )
     click.echo(
         f"wrote {result.directory} ({result.size_bytes / 1e6:.1f} MB, {result.quantization}) "

@@ -37,6 +37,7 @@ def run(ctx: RunContext, directory: Path) -> dict[str, Any]:
         sample=cfg.sample,
         min_agreement=cfg.min_agreement,
         quantize=cfg.quantize,
+        int8=cfg.int8,
         progress=ctx.progress,
         fallback_fp32=True,
     )
