@@ -82,7 +82,7 @@ def _constants() -> list[Any]:
         "shelver_last_axis": np.array([-1], np.int64),
         "shelver_tiny": np.array(1e-8, np.float32),
         "shelver_inv127": np.array(1 / 127, np.float32),
-        "shelver_shift": np.array(ZERO_POINT, np.float32),
+        "shelver_one": np.array(1.0, np.float32),
         "shelver_zero_point": np.array(ZERO_POINT, np.uint8),
     }
     return [numpy_helper.from_array(value, name) for name, value in values.items()]
@@ -90,7 +90,7 @@ def _constants() -> list[Any]:
 
 def _quantize_tokens(x: str, p: str) -> list[Any]:
     """``p_scale`` (one per token) and ``p_q`` (uint8) for activations ``x``."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     return [
         helper.make_node("Abs", [x], [f"{p}_abs"]),
@@ -98,9 +98,8 @@ def _quantize_tokens(x: str, p: str) -> list[Any]:
         helper.make_node("Max", [f"{p}_max", "shelver_tiny"], [f"{p}_nonzero"]),
         helper.make_node("Mul", [f"{p}_nonzero", "shelver_inv127"], [f"{p}_scale"]),
         helper.make_node("Div", [x, f"{p}_scale"], [f"{p}_scaled"]),
-        helper.make_node("Round", [f"{p}_scaled"], [f"{p}_rounded"]),
-        helper.make_node("Add", [f"{p}_rounded", "shelver_shift"], [f"{p}_shifted"]),
-        helper.make_node("Cast", [f"{p}_shifted"], [f"{p}_q"], to=TensorProto.UINT8),
+        # round half to even, shift by the zero point and cast, in one pass
+        helper.make_node("QuantizeLinear", [f"{p}_scaled", "shelver_one", "shelver_zero_point"], [f"{p}_q"]),
     ]
 
 
