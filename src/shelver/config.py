@@ -252,7 +252,7 @@ class ExportStage:
     # how activations are quantized. "per_token": one scale per token (shelver.quantize), so a
     # batch never moves an answer and the service micro-batches the model; on fashion query
     # forms it kept 97.5% of fp32's paths, where onnxruntime's "dynamic" one scale per call kept
-    # 94.9%, and ran 10% slower at batch 1, 22% at batch 16 (benchmarks/results/int8_batching.md)
+    # 94.9%, and ran 7% slower at batch 1, 15% at batch 16 (benchmarks/results/int8_batching.md)
     int8: str = "per_token"
     # texts the export is checked on: enough that 99.5% agreement means something, few enough to
     # check in seconds
