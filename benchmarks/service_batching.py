@@ -148,6 +148,8 @@ def _mean_call(metrics: str) -> float | None:
 # ---- the run ------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict:
     texts = list(dict.fromkeys(pd.read_csv(args.data, dtype=str, keep_default_na=False)[args.text_column]))
+    if args.query_forms:  # short, query-like traffic: the first three words, distinct
+        texts = list(dict.fromkeys(" ".join(t.split()[:3]) for t in texts))
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
         json.dump([{"query": t} for t in texts], file)
     bodies = Path(file.name)
@@ -243,6 +245,7 @@ def main() -> None:
     parser.add_argument("--peak-seconds", type=float, default=20)
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--rate-seconds", type=float, default=60)
+    parser.add_argument("--query-forms", action="store_true", help="the first three words of each text")
     parser.add_argument("--out", default="service_batching")
     parser.add_argument("--note", default="")
     parser.add_argument("--smoke", action="store_true", help="a few seconds per step, to -smoke files")
