@@ -45,13 +45,13 @@ import onnxruntime as ort
 import pandas as pd
 from _results import write_results
 from onnxruntime.quantization import CalibrationDataReader
-from service_batching import machine
+from service_batching import first_words, machine
 from serving import machine_probe
 
 from shelver.encoders.onnx import OnnxEncoder
-from shelver.export import FP32_FILE, MODEL_FILE, _export_graph, _sentence_encoder
+from shelver.export import FP32, FP32_FILE, MODEL_FILE, _export_graph, _sentence_encoder, _write_config
 from shelver.model_dir import load_model
-from shelver.quantize import quantize_per_token
+from shelver.quantize import QUANTIZERS
 
 BATCHES = (1, 16, 64)
 CALIBRATION_ROWS = 512
@@ -63,11 +63,11 @@ def build_variants(model_dir: Path, train_texts: list[str], work: Path) -> dict[
     fp32.mkdir()
     info = _export_graph(_sentence_encoder(load_model(model_dir)), fp32)
     (fp32 / FP32_FILE).rename(fp32 / MODEL_FILE)
-    _write_config(fp32, info)
+    _write_config(fp32, {**info, "quantization": FP32})
     calibration = _calibration_texts(train_texts)
     builders: dict[str, Callable[[Path, Path], None]] = {
-        "per-token int8 (shipped)": _per_token,
-        "dynamic int8 (shipped before)": _dynamic,
+        "per-token int8 (shipped)": QUANTIZERS["per_token"],
+        "dynamic int8 (shipped before)": QUANTIZERS["dynamic"],
         "static int8": lambda src, dst: _static(src, dst, calibration, keep_ffn2=False),
         "static int8, FFN2 fp32": lambda src, dst: _static(src, dst, calibration, keep_ffn2=True),
         "MatMulNBits 8-bit": _nbits,
@@ -81,33 +81,11 @@ def build_variants(model_dir: Path, train_texts: list[str], work: Path) -> dict[
     return out
 
 
-def _write_config(directory: Path, info: dict) -> None:
-    import json
-
-    from shelver.encoders.onnx import CONFIG_FILE
-
-    (directory / CONFIG_FILE).write_text(json.dumps({**info, "quantization": "benchmark"}) + "\n")
-
-
 def _calibration_texts(texts: list[str]) -> list[str]:
     rows = np.random.default_rng(0).choice(len(texts), min(CALIBRATION_ROWS, len(texts)), replace=False)
     chosen = [texts[i] for i in rows]
     half = len(chosen) // 2
-    return chosen[:half] + [query_form(t) for t in chosen[half:]]
-
-
-def query_form(title: str) -> str:
-    return " ".join(title.split()[:3])
-
-
-def _per_token(src: Path, dst: Path) -> None:
-    quantize_per_token(src, dst)
-
-
-def _dynamic(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8)
+    return chosen[:half] + [first_words(t) for t in chosen[half:]]
 
 
 def _static(src: Path, dst: Path, texts: list[str], keep_ffn2: bool) -> None:
@@ -140,17 +118,7 @@ class _Calibration(CalibrationDataReader):
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self.batches, None)
-        return None if batch is None else feed(self.encoder, batch)
-
-
-def feed(encoder: OnnxEncoder, texts: list[str]) -> dict[str, np.ndarray]:
-    encodings = encoder._tokenizer.encode_batch(texts)
-    columns = {
-        "input_ids": [e.ids for e in encodings],
-        "attention_mask": [e.attention_mask for e in encodings],
-        "token_type_ids": [e.type_ids for e in encodings],
-    }
-    return {name: np.asarray(columns[name], dtype=np.int64) for name in encoder._inputs}
+        return None if batch is None else self.encoder.feed(batch)
 
 
 def _nbits(src: Path, dst: Path) -> None:
@@ -174,10 +142,7 @@ def quality(
     model, encoder: OnnxEncoder, run: ort.InferenceSession, texts: list[str], fp32: np.ndarray
 ) -> dict:
     """Batch gap (alone vs batches of 16), cosine to fp32 and fp32's paths kept."""
-    alone = np.vstack([run.run(None, feed(encoder, [t]))[0] for t in texts])
-    together = np.vstack(
-        [run.run(None, feed(encoder, texts[i : i + 16]))[0] for i in range(0, len(texts), 16)]
-    )
+    alone, together = embed(encoder, run, texts, 1), embed(encoder, run, texts, 16)
     cosine = (alone * fp32).sum(axis=1) / np.linalg.norm(alone, axis=1) / np.linalg.norm(fp32, axis=1)
     leaves = [model.decode(*model.head_proba(model.join(e, texts)))[1] for e in (alone, fp32)]
     return {
@@ -193,22 +158,20 @@ def embed(encoder: OnnxEncoder, run: ort.InferenceSession, texts: list[str], siz
 
 
 def feeds(encoder: OnnxEncoder, texts: list[str], size: int) -> list[dict[str, np.ndarray]]:
-    return [feed(encoder, texts[i : i + size]) for i in range(0, len(texts), size)]
+    return [encoder.feed(texts[i : i + size]) for i in range(0, len(texts), size)]
 
 
 def speed(encoder: OnnxEncoder, run: ort.InferenceSession, texts: list[str], rounds: int) -> dict:
     """Median queries/s over ``rounds`` passes at each batch size, one thread."""
     out = {}
     for size in BATCHES:
-        feeds = [feed(encoder, texts[i : i + size]) for i in range(0, len(texts), size)][
-            : max(8, 512 // size)
-        ]
+        calls = feeds(encoder, texts, size)[: max(8, 512 // size)]
         rates = []
         for _ in range(rounds):
             started = time.perf_counter()
-            for one in feeds:
+            for one in calls:
                 run.run(None, one)
-            rates.append(len(feeds) * size / (time.perf_counter() - started))
+            rates.append(len(calls) * size / (time.perf_counter() - started))
         out[f"batch_{size}_q_per_s"] = round(float(np.median(rates)))
     out["batch_16_over_1"] = round(out["batch_16_q_per_s"] / out["batch_1_q_per_s"], 2)
     return out
@@ -224,7 +187,7 @@ def main() -> None:
     model = load_model(args.model)
     titles = pd.read_csv(args.data / "test.csv")["text"].astype(str).tolist()
     titles = [titles[i] for i in np.random.default_rng(1).permutation(len(titles))[: args.queries]]
-    forms = [query_form(t) for t in titles]
+    forms = [first_words(t) for t in titles]
     with tempfile.TemporaryDirectory(prefix="int8-batching-") as work:
         train = pd.read_csv(args.data / "train.csv")["text"].astype(str).tolist()
         variants = build_variants(args.model, train, Path(work))

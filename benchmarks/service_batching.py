@@ -146,10 +146,15 @@ def _mean_call(metrics: str) -> float | None:
 
 
 # ---- the run ------------------------------------------------------------------------------
+def first_words(text: str, n: int = 3) -> str:
+    """A query form of a title: its first ``n`` words (real queries are short)."""
+    return " ".join(text.split()[:n])
+
+
 def run(args: argparse.Namespace) -> dict:
     texts = list(dict.fromkeys(pd.read_csv(args.data, dtype=str, keep_default_na=False)[args.text_column]))
     if args.query_forms:  # short, query-like traffic: the first three words, distinct
-        texts = list(dict.fromkeys(" ".join(t.split()[:3]) for t in texts))
+        texts = list(dict.fromkeys(first_words(t) for t in texts))
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
         json.dump([{"query": t} for t in texts], file)
     bodies = Path(file.name)

@@ -11,7 +11,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from shelver.quantize import quantize_per_token  # noqa: E402
+from shelver.quantize import QUANTIZERS, quantize_per_call, quantize_per_token  # noqa: E402
 
 
 def _two_layer_graph(path: Path, opset: int = 18) -> None:
@@ -58,12 +58,10 @@ def test_a_token_s_output_depends_on_that_token_alone_and_stays_near_fp32(tmp_pa
 
 
 def test_onnxruntime_dynamic_quantization_moves_with_the_batch(tmp_path):
-    """Why the export does not use quantize_dynamic: the service could not batch its answers."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+    """Why per-token is the export's default: the service could not batch per-call answers."""
     fp32, dynamic = tmp_path / "fp32.onnx", tmp_path / "dynamic.onnx"
     _two_layer_graph(fp32)
-    quantize_dynamic(str(fp32), str(dynamic), per_channel=True, weight_type=QuantType.QInt8)
+    quantize_per_call(fp32, dynamic)
     alone, batched = _alone_and_beside_a_loud_neighbour(dynamic)
     assert np.abs(alone - batched).max() > 1e-3
 
@@ -72,3 +70,9 @@ def test_an_old_opset_is_refused(tmp_path):
     _two_layer_graph(tmp_path / "old.onnx", opset=17)
     with pytest.raises(ValueError, match="opset 18"):
         quantize_per_token(tmp_path / "old.onnx", tmp_path / "out.onnx")
+
+
+def test_every_int8_method_the_configuration_names_has_a_quantizer():
+    from shelver.config import INT8_CHOICES
+
+    assert set(QUANTIZERS) == set(INT8_CHOICES)

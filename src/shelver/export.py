@@ -331,17 +331,10 @@ def _finish_weights(staging: Path, int8: str | None) -> str:
     if int8 is None:
         fp32.rename(staging / MODEL_FILE)
         return FP32
-    if int8 == "per_token":
-        from shelver.quantize import quantize_per_token
+    from shelver.quantize import QUANTIZERS
 
-        quantize_per_token(fp32, staging / MODEL_FILE)
-    else:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        with _quiet():
-            quantize_dynamic(
-                str(fp32), str(staging / MODEL_FILE), per_channel=True, weight_type=QuantType.QInt8
-            )
+    with _quiet():
+        QUANTIZERS[int8](fp32, staging / MODEL_FILE)
     return INT8_METHODS[int8]
 
 

@@ -91,14 +91,17 @@ class OnnxEncoder:
         return self._session.run(self._outputs, feed)[0].astype(np.float32, copy=False)
 
     def _run(self, texts: list[str]) -> np.ndarray:
+        return self._session.run(self._outputs, self.feed(texts))[0].astype(np.float32, copy=False)
+
+    def feed(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The graph's inputs for ``texts``, tokenized and padded together (in the order given)."""
         encodings = self._tokenizer.encode_batch(texts)
         columns = {
             "input_ids": [e.ids for e in encodings],
             "attention_mask": [e.attention_mask for e in encodings],
             "token_type_ids": [e.type_ids for e in encodings],
         }
-        feed = {name: np.asarray(columns[name], dtype=np.int64) for name in self._inputs}
-        return self._session.run(self._outputs, feed)[0].astype(np.float32, copy=False)
+        return {name: np.asarray(columns[name], dtype=np.int64) for name in self._inputs}
 
     def fingerprint(self) -> str:
         """SHA-256 of the ONNX graph and the sequence length that shapes the embeddings."""
