@@ -53,7 +53,7 @@ def label_config(stage: LabelStage, **extra: Any) -> LabelConfig:
     """The run's settings from a stage section (``shelver label``'s options or bootstrap's [label]);
     ``extra`` sets what only a run has (prices, synonyms)."""
     return LabelConfig(
-        voters=voters_from_cli(stage.backends, stage.model, stage.base_url, stage.options),
+        voters=stage_voters(stage),
         encoder=stage.encoder,
         shortlist=stage.shortlist,
         samples=stage.votes,
@@ -64,6 +64,11 @@ def label_config(stage: LabelStage, **extra: Any) -> LabelConfig:
         limit=stage.limit,
         **extra,
     )
+
+
+def stage_voters(stage: LabelStage) -> tuple[VoterSpec, ...]:
+    """The voters a stage section names (its backends, model, base URL and options)."""
+    return voters_from_cli(stage.backends, stage.model, stage.base_url, stage.options)
 
 
 def voters_from_cli(

@@ -125,19 +125,17 @@ def _check_generators(config: BootstrapConfig) -> None:
 
 def llm_voters(label: LabelStage) -> list[Any]:
     """The label stage's LLM voters (the embedding labeler left out)."""
-    from shelver.labeling.config import voters_from_cli
+    from shelver.labeling.config import stage_voters
 
-    voters = voters_from_cli(label.backends, label.model, label.base_url, label.options)
-    return [v for v in voters if v.backend != "embedding"]
+    return [v for v in stage_voters(label) if v.backend != "embedding"]
 
 
 def smoothing_settings(config: BootstrapConfig) -> Any:
     """Smoothing with the select stage's beta and k and the embedding backend's own softmax."""
-    from shelver.labeling.config import voters_from_cli
+    from shelver.labeling.config import stage_voters
     from shelver.labeling.smoothing import Smoothing
 
     label, select = config.label, config.select
-    voters = voters_from_cli(label.backends, label.model, label.base_url, label.options)
-    options = next((v.options for v in voters if v.backend == "embedding"), {})
+    options = next((v.options for v in stage_voters(label) if v.backend == "embedding"), {})
     temperature = float(options.get("temperature", Smoothing.temperature))
     return Smoothing(select.smooth_beta, select.smooth_k, label.shortlist, temperature)
