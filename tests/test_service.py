@@ -359,3 +359,16 @@ def _metric(text: str, name: str) -> str | None:
         if line.startswith(name + " "):
             return line.split()[-1]
     return None
+
+
+def test_the_service_gives_blas_the_threads_a_call_has(hashing_model_dir):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    original = max(p["num_threads"] for p in blas)
+    try:
+        threadpool_limits(limits=2, user_api="blas")
+        create_app(Settings(model=hashing_model_dir, threads=1))
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {1}
+    finally:
+        threadpool_limits(limits=original, user_api="blas")

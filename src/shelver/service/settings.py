@@ -31,7 +31,8 @@ class Settings:
     request_timeout: float = 5.0
     # seconds to receive a request body (408): a stalled client cannot hold a connection
     body_timeout: float = 10.0
-    # onnxruntime threads per call: one query is fastest on one thread, and calls run side by side
+    # onnxruntime and BLAS threads per call: one query is fastest on one thread, and calls run side
+    # by side (idle BLAS threads busy-wait, taking a core from the other call)
     threads: int = 1
     # classifications running at once in this process (a thread each)
     concurrency: int = 2
