@@ -3,9 +3,12 @@ schedule) or closed loop (``--closed``: C connections, each sending its next req
 the last is answered, as ``wrk`` does: the server's peak requests per second).
 
 Runs in its own process (``python benchmarks/loadgen.py URL --rate 500 --seconds 60 --bodies F``)
-so the server is measured from outside. Open loop: each request is sent at its scheduled time on
-a keep-alive connection from a pool; latency is measured from the *scheduled* time, so a stalled
-server cannot hide queueing (no coordinated omission). Prints one JSON object.
+so the server is measured from outside. The closed loop runs ``wrk`` (``--generator wrk``; the
+default where it is installed: ``apt-get install wrk``), which spends a fraction of this script's
+CPU per request: on a 2-core box the generator shares the cores with the server. The open loop
+is this script's (wrk has none): each request is sent at its scheduled time on a keep-alive
+connection from a pool; latency is measured from the *scheduled* time, so a stalled server cannot
+hide queueing (no coordinated omission). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -14,7 +17,12 @@ import argparse
 import asyncio
 import gc
 import json
+import re
+import shutil
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -122,6 +130,55 @@ async def saturate(url: str, bodies: list[bytes], seconds: float, connections: i
     }
 
 
+def wrk_saturate(url: str, bodies: list[bytes], seconds: float, connections: int) -> dict:
+    """The closed loop run by wrk (one thread, ``connections`` connections, the bodies in turn)."""
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "bodies.lua"
+        script.write_text(_wrk_script(bodies))
+        command = ["wrk", "-t1", f"-c{connections}", f"-d{max(round(seconds), 1)}s", "--latency"]
+        run = subprocess.run([*command, "-s", str(script), url], capture_output=True, text=True, check=True)
+    return {"connections": connections, **_wrk_figures(run.stdout)}
+
+
+def _wrk_script(bodies: list[bytes]) -> str:
+    quoted = ",\n".join('"' + b.decode().replace("\\", "\\\\").replace('"', '\\"') + '"' for b in bodies)
+    return f"""bodies = {{
+{quoted}
+}}
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local i = 0
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
+"""
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _wrk_figures(out: str) -> dict:
+    """requests, errors, requests/s and p50 / p99 (ms) from wrk's report."""
+
+    def ms(percent: str) -> float:
+        value, unit = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)$", out, re.M).groups()  # type: ignore[union-attr]
+        return round(float(value) * _UNITS[unit], 3)
+
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(failed.group(1)) if failed else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {
+        "requests": requests,
+        "errors": errors,
+        "requests_per_s": rate,
+        "p50_ms": ms("50"),
+        "p99_ms": ms("99"),
+    }
+
+
 def _by_second(latencies_ms: np.ndarray, ok: np.ndarray, rate: float) -> list[float]:
     """p99 of the requests scheduled in each second: a stall shows as a few bad seconds."""
     second = (np.arange(len(latencies_ms)) / rate).astype(int)
@@ -136,6 +193,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--closed", action="store_true", help="closed loop: peak requests/s, no --rate")
+    parser.add_argument(
+        "--generator",
+        choices=["wrk", "python"],
+        default="wrk" if shutil.which("wrk") else "python",
+        help="the closed loop's generator (default: wrk where installed)",
+    )
     args = parser.parse_args()
     with open(args.bodies) as file:
         bodies = [json.dumps(b).encode() for b in json.load(file)]
@@ -146,11 +209,13 @@ def main() -> None:
     except ImportError:
         pass
     gc.disable()  # the generator's own collection pauses would be counted as server latency
-    if args.closed:
+    if args.closed and args.generator == "wrk":
+        result = wrk_saturate(args.url, bodies, args.seconds, args.connections)
+    elif args.closed:
         result = asyncio.run(saturate(args.url, bodies, args.seconds, args.connections))
     else:
         result = asyncio.run(run(args.url, bodies, args.rate, args.seconds, args.connections))
-    print(json.dumps(result))
+    print(json.dumps({"generator": args.generator if args.closed else "python", **result}))
 
 
 if __name__ == "__main__":
