@@ -388,3 +388,14 @@ def test_docs_build_strictly(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
     assert "HierarchicalClassifier" in api and "certified_threshold" in api
+
+
+def test_service_settings_table_has_every_variable_with_its_default_and_reason() -> None:
+    from shelver.service.settings import Settings
+
+    rows = {line.split("|")[1].strip(" `"): line for line in _hook().settings_table().splitlines()[2:]}
+    assert sorted(rows) == sorted(f"SHELVER_{s.name.upper()}" for s in dataclasses.fields(Settings))
+    assert all(line.split("|")[3].strip() for line in rows.values()), "a setting without a reason"
+    assert "| `SHELVER_MICROBATCH_WINDOW_MS` | 1.0 |" in rows["SHELVER_MICROBATCH_WINDOW_MS"]
+    assert "| 0 |" in rows["SHELVER_MICROBATCH_ANY_MODEL"] and "| unset |" in rows["SHELVER_ADMIN_TOKEN"]
+    assert "<!-- service-settings -->" in (DOCS / "guides" / "serving.md").read_text()

@@ -3,6 +3,8 @@
 A line ``<!-- config-reference: shelver.config:TrainConfig -->`` in a page becomes one table per
 section: each field's key, its default and the comment written above it in the source. The
 dataclasses are the one place a default and its reason live; the docs read them there.
+A line ``<!-- service-settings -->`` becomes the table of the service's ``SHELVER_*`` variables,
+from ``shelver.service.settings.Settings`` in the same way.
 A line ``<!-- benchmark-scripts -->`` becomes a table of ``benchmarks/*.py``: each script's first
 docstring paragraph and the result pages it wrote.
 """
@@ -20,6 +22,7 @@ from shelver.config_reference import field_comments, toml_value
 
 MARKER = re.compile(r"^<!-- config-reference: ([\w.]+):(\w+) -->$", re.MULTILINE)
 BENCHMARKS_MARKER = "<!-- benchmark-scripts -->"
+SETTINGS_MARKER = "<!-- service-settings -->"
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -62,9 +65,30 @@ def expand(markdown: str) -> str:
         return render(cls)
 
     markdown = MARKER.sub(table, markdown)
-    return (
-        markdown.replace(BENCHMARKS_MARKER, benchmark_table()) if BENCHMARKS_MARKER in markdown else markdown
-    )
+    for marker, render_table in ((BENCHMARKS_MARKER, benchmark_table), (SETTINGS_MARKER, settings_table)):
+        markdown = markdown.replace(marker, render_table()) if marker in markdown else markdown
+    return markdown
+
+
+def settings_table() -> str:
+    """One row per service setting: its variable, its default and the comment above it."""
+    from shelver.service.settings import PREFIX, Settings
+
+    comments = field_comments(Settings)
+    rows = ["| variable | default | |", "| --- | --- | --- |"]
+    for spec in dataclasses.fields(Settings):
+        variable, why = f"{PREFIX}{spec.name.upper()}", _cell(comments[spec.name])
+        rows.append(f"| `{variable}` | {_setting(spec.default)} | {why} |")
+    return "\n".join(rows) + "\n"
+
+
+def _setting(default: Any) -> str:
+    """A setting's default as its variable is written (``1``/``0`` for flags)."""
+    if default is dataclasses.MISSING:
+        return "required"
+    if isinstance(default, bool):
+        return str(int(default))
+    return "unset" if default is None else str(default)
 
 
 def benchmark_table(root: Path = BENCHMARKS) -> str:

@@ -19,7 +19,8 @@ ZERO_ALLOWED = {"inline_ms", "cache_size", "microbatch_window_ms"}  # settings w
 
 @dataclass(frozen=True)
 class Settings:
-    # the model directory served (SHELVER_MODEL); it needs an ONNX export or a torch-free encoder
+    # the model directory served (`shelver serve --model` sets it); it needs an ONNX export or a
+    # torch-free encoder
     model: Path
     # queries are a few words; anything longer is a document pasted by mistake (422)
     max_query_chars: int = 512
@@ -34,13 +35,15 @@ class Settings:
     # onnxruntime and BLAS threads per call: one query is fastest on one thread, and calls run side
     # by side (idle BLAS threads busy-wait, taking a core from the other call)
     threads: int = 1
-    # classifications running at once in this process (a thread each)
+    # model calls running at once in this process (a thread each)
     concurrency: int = 2
     # a request whose queries should classify within this many ms (one query's time, measured at
     # load, times their number) runs inline on the event loop: no thread hand-off, but no timeout
     # either. 0 sends every request to the threads.
     inline_ms: float = 2.0
-    # answers kept for repeated queries, per model (search logs repeat their head queries); 0 = none
+    # answers kept for repeated queries (search logs repeat their head queries), per model: the
+    # least recently used go first, a reload starts empty; 0 = none. Hit rate:
+    # shelver_cache_hits_total / shelver_queries_total
     cache_size: int = 10_000
     # /admin/* is off (403) until this is set; then it needs 'Authorization: Bearer <token>'
     admin_token: str | None = None
@@ -51,10 +54,13 @@ class Settings:
     # this long (ms) for company; one that finds the model idle never waits. 0: no waiting (what
     # queued while a call ran is still classified together)
     microbatch_window_ms: float = 1.0
-    # at most this many queries per model call, summed over the batched requests; 1 turns it off
+    # at most this many queries per model call, summed over the batched requests (histogram:
+    # shelver_model_call_queries); 1 turns micro-batching off
     microbatch_queries: int = 64
-    # batch even a model whose answers a batch changes (an int8 ONNX encoder: its confidences move
-    # with their neighbours'; /v1/model says "batch_invariant": false): speed over reproducibility
+    # batch even a model whose answers a batch changes: speed over reproducibility. Each model is
+    # checked at load on its taxonomy's paths, alone and in one batch; /v1/model says
+    # "batch_invariant". An encoder exported with --int8 dynamic scales its activations once per
+    # call, so its confidences move with their neighbours' (by up to 0.1 on the tests' tiny model)
     microbatch_any_model: bool = False
 
     def reload_root(self) -> Path:
