@@ -38,16 +38,22 @@ class OnnxEncoder:
     """Embeddings from ``model.onnx``; ``spec`` is ``"onnx:<directory>"``.
 
     ``threads`` sets onnxruntime's intra-op threads (``None``: one per core). A service answering
-    one query at a time wants 1; a batch job on a dedicated machine wants every core.
+    one query at a time wants 1; a batch job on a dedicated machine wants every core. A call
+    holds at most ``batch_size`` texts, cut by length where padding would cost more than
+    ``call_tokens`` tokens (``length_chunks``).
     """
 
     def __init__(
-        self, directory: str | Path, threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+        self,
+        directory: str | Path,
+        threads: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        call_tokens: int = CALL_TOKENS,
     ) -> None:
         self.directory = Path(directory)
         self.spec = f"onnx:{self.directory}"
         self.threads = threads
-        self.batch_size = batch_size
+        self.batch_size, self.call_tokens = batch_size, call_tokens
         self.config = read_encoder_config(self.directory)
         self._tokenizer = _load_tokenizer(self.directory, self.config)
         self._session = _load_session(self.directory / MODEL_FILE, threads)
@@ -81,7 +87,8 @@ class OnnxEncoder:
         lengths = np.array([len(i) for i in ids], dtype=np.intp)
         order = np.argsort(lengths, kind="stable")  # similar lengths share a call: little padding
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for part in _progress(length_chunks(lengths[order], self.batch_size), progress, len(texts)):
+        parts = length_chunks(lengths[order], self.batch_size, self.call_tokens)
+        for part in _progress(parts, progress, len(texts)):
             rows = order[part]
             out[rows] = self._run(self._padded([ids[i] for i in rows]))
         return out
