@@ -29,8 +29,9 @@ TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_BATCH_SIZE = 256
 # A batch is padded to its longest text, and each padded token costs what a real one does. A call
 # costs about what 8 tokens of padding do: one call's fixed cost is its weights read from memory
-# (MiniLM int8, 2-core VM: 0.86 ms for 2 tokens, +50 us a token). Cutting batches of three-word
-# queries where padding would cost more than a call ran them 1.35x faster at 64 (930 -> 1,250 q/s).
+# (MiniLM int8, 2-core VM: 0.86 ms for 2 tokens, +50 us a token). Cutting there ran random batches
+# of 64 fashion titles 2.10x faster, of their three-word query forms 1.34x (4 to 16 tokens: within
+# noise; benchmarks/results/length_chunks.md).
 CALL_TOKENS = 8
 
 
