@@ -357,6 +357,17 @@ HUMAN = "human"
 TITLE_LIKE_WORDS = 5
 
 
+def median_words(texts: Sequence[str]) -> float:
+    """The median number of words per text (0 for none)."""
+    return float(np.median([len(t.split()) for t in texts])) if len(texts) else 0.0
+
+
+def title_like(median: Any) -> bool:
+    """Whether texts with this median word count read as product titles, not search queries:
+    what is measured on them (thresholds, the export check) flatters short queries."""
+    return isinstance(median, int | float) and median > TITLE_LIKE_WORDS
+
+
 def served_rows(source: Sequence[str]) -> np.ndarray:
     """The rows that may set thresholds: the human-labeled ones when there are any, else all.
 
@@ -375,13 +386,12 @@ def provenance(
 ) -> dict[str, Any]:
     """``fitted_on``: the rows that set the temperatures and thresholds, and what they promise."""
     kept = _counts(source, used)
-    words = [len(t.split()) for t, u in zip(texts, used, strict=True) if u]
     return {
         "rows": int(used.sum()),
         "sources": kept,
         "left_out": _counts(source, ~used),
         "human": set(kept) == {HUMAN},
-        "median_words": float(np.median(words)) if words else 0.0,
+        "median_words": median_words([t for t, u in zip(texts, used, strict=True) if u]),
         "target_precision": target,
         "delta": delta if fits else None,
         "method": next(iter(fits.values())).method if fits else None,
@@ -410,7 +420,7 @@ def describe_fitted_on(fitted_on: dict[str, Any] | None) -> str:
     levels = "; ".join(_level_line(k, v) for k, v in fitted_on.get("levels", {}).items())
     guarantee = f", delta {fitted_on['delta']}" if fitted_on.get("method") == "certified" else ""
     line = f"thresholds fitted on {fitted_on['rows']:,} human-labeled rows{guarantee}: {levels}"
-    if fitted_on.get("median_words", 0) > TITLE_LIKE_WORDS:
+    if title_like(fitted_on.get("median_words")):
         line += (
             f" (median {fitted_on['median_words']:.0f} words: if these are product titles, "
             "precision on short queries will be lower; calibrate on labeled queries)"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from shelver.calibration import TITLE_LIKE_WORDS
+from shelver.calibration import median_words, title_like
 from shelver.config import INT8_CHOICES, ExportStage
 from shelver.encoders.onnx import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, OnnxEncoder
 from shelver.errors import ShelverError
@@ -76,7 +76,7 @@ class ExportCheck:
             f"ONNX predictions match PyTorch on {self.agreement:.2%} of {self.n:,} texts "
             f"(embedding cosine mean {self.cosine_mean:.4f}, min {self.cosine_min:.4f})"
         )
-        if self.median_words > TITLE_LIKE_WORDS:
+        if title_like(self.median_words):
             line += (
                 f"; the texts have a median of {self.median_words:.0f} words: if they are product "
                 "titles, short queries agree less (check with --data of real queries)"
@@ -366,7 +366,7 @@ def check_export(model: HierarchicalClassifier, onnx_encoder: Any, texts: list[s
         cosine_mean=float(cosine.mean()) if len(texts) else 1.0,
         cosine_min=float(cosine.min()) if len(texts) else 1.0,
         disagreements=examples,
-        median_words=float(np.median([len(t.split()) for t in texts])) if texts else 0.0,
+        median_words=median_words(texts),
     )
 
 

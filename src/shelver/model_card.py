@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from shelver.calibration import HUMAN, TITLE_LIKE_WORDS
+from shelver.calibration import HUMAN, title_like
 from shelver.taxonomy import Taxonomy
 
 CARD_FILE = "README.md"
@@ -324,7 +324,7 @@ def _threshold_verdict(fitted_on: Any) -> str:
             f"{_sources_text(fitted_on)}, not on people's labels of real search queries."
         )
     words = fitted_on.get("median_words")
-    if isinstance(words, int | float) and words > TITLE_LIKE_WORDS:
+    if title_like(words):
         return (
             f"The thresholds were fitted on human labels with a median of {words:.0f} words: "
             "if those texts are product titles, **they are unverified on real queries**, whose "
