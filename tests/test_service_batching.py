@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import shutil
 
 import httpx
 import pytest
 from conftest import COLOURS, WORDS, ServerProcess
+from fastapi.testclient import TestClient
 
 from shelver.model_dir import load_model
-from shelver.service import Settings
+from shelver.service import Settings, create_app
 from shelver.service.batcher import INVARIANT_GAP, MicroBatcher, batch_gap
 from shelver.service.slot import ModelSlot, load_served
 
@@ -244,3 +246,16 @@ def test_a_failing_call_fails_every_request_of_its_batch_and_the_next_batch_runs
         return [a["answer"] for a in await batcher.classify("m", ["ok"])]
 
     assert asyncio.run(scenario()) == ["ok"]
+
+
+def test_the_log_says_why_a_model_is_not_batched(dynamic_model_dir, onnx_model_dir, caplog):
+    def warnings(model) -> list[str]:
+        caplog.clear()
+        app = create_app(Settings(model=model))
+        with caplog.at_level(logging.WARNING, logger="shelver.service"), TestClient(app):
+            pass
+        return [r.getMessage() for r in caplog.records if "micro-batching is off" in r.getMessage()]
+
+    said = warnings(dynamic_model_dir)
+    assert len(said) == 1 and "shelver export --model DIR" in said[0]
+    assert warnings(onnx_model_dir) == []  # the per-token export is batched: nothing to say

@@ -87,6 +87,7 @@ def _lifespan(slot: ModelSlot, metrics: ServiceMetrics):
         if slot.current is None:
             slot.current = slot.load(slot.settings.model)
         metrics.serving(slot.current.version, reference=slot.current.reference)
+        slot.announce(slot.current)
         _freeze_heap()
         hup = _on_sighup(slot, metrics)
         yield

@@ -59,8 +59,9 @@ class Settings:
     microbatch_queries: int = 64
     # batch even a model whose answers a batch changes: speed over reproducibility. Each model is
     # checked at load on its taxonomy's paths, alone and in one batch; /v1/model says
-    # "batch_invariant". An encoder exported with --int8 dynamic scales its activations once per
-    # call, so its confidences move with their neighbours' (by up to 0.1 on the tests' tiny model)
+    # "batch_invariant", and the log warns when a model is left unbatched. An encoder exported with
+    # --int8 dynamic scales its activations once per call, so its confidences move with their
+    # neighbours' (by up to 0.1 on the tests' tiny model)
     microbatch_any_model: bool = False
 
     def reload_root(self) -> Path:

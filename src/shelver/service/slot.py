@@ -82,11 +82,26 @@ class ModelSlot:
 
     async def _classify(self, served: Served, texts: list[str]) -> list[dict[str, Any]]:
         """Through the micro-batcher (with whatever else is queued), or alone when it is off."""
-        if self.batcher is not None and (
-            served.batch_gap <= INVARIANT_GAP or self.settings.microbatch_any_model
-        ):
+        if self.batcher is not None and self.batches(served):
             return await self.batcher.classify(served, texts, self.settings.request_timeout)
         return await self._run(served, texts, self.settings.request_timeout)
+
+    def batches(self, served: Served) -> bool:
+        """Whether micro-batching may group ``served``'s queries: a batch leaves its answers as
+        they are alone, or the settings batch any model."""
+        return served.batch_gap <= INVARIANT_GAP or self.settings.microbatch_any_model
+
+    def announce(self, served: Served) -> None:
+        """Say in the log when micro-batching is on but this model will not be batched."""
+        if self.batcher is not None and not self.batches(served):
+            log.warning(
+                "micro-batching is off for %s: a batch moves its answers (confidence gap %.2g). "
+                "An int8 encoder quantized per call (--int8 dynamic, or exported before per-token "
+                "int8 was the default) does; export it again ('shelver export --model DIR') for the "
+                "per-token graph, or set SHELVER_MICROBATCH_ANY_MODEL=1 to batch it anyway",
+                served.path.name,
+                served.batch_gap,
+            )
 
     async def _run(
         self, served: Served, texts: list[str], timeout: float | None = None
@@ -120,6 +135,7 @@ class ModelSlot:
                 check_taxonomy_kept(old, new)
             self.current = new
             log.info("serving %s (version %s)", new.path, new.version)
+            self.announce(new)
             return new, old
 
     def close(self) -> None:
