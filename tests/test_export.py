@@ -227,14 +227,16 @@ def test_bootstrap_export_stage_records_the_refused_int8(
     assert (out / "export" / "model" / "onnx" / "model.onnx").is_file()
 
 
-def test_a_missing_export_file_names_the_fix_for_an_export(onnx_model_dir, tmp_path):
+def test_a_lost_export_is_named_and_exporting_again_repairs_it(onnx_model_dir, tmp_path, tiny_frames):
     copy = tmp_path / "m"
     shutil.copytree(onnx_model_dir, copy)
     (copy / "onnx" / "encoder.json").unlink()
-    with pytest.raises(
-        ModelDirError, match="onnx/encoder.json is missing; the ONNX export is part of the model"
-    ):
-        load_model(copy)
+    with pytest.raises(ModelDirError, match="onnx/encoder.json is missing; export the model again"):
+        load_model(copy, encoder="serving")
+    export_onnx(copy, tiny_frames["valid"]["text"].tolist(), progress=False)  # the saved encoder loads
+    served, saved = load_model(copy, encoder="serving"), load_model(onnx_model_dir, encoder="serving")
+    texts = tiny_frames["valid"]["text"].tolist()[:20]
+    assert [p.path for p in served.classify(texts)] == [p.path for p in saved.classify(texts)]
 
 
 def test_the_check_says_when_it_was_measured_on_title_like_texts():

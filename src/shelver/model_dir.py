@@ -181,8 +181,10 @@ def load_model(
     root = Path(path)
     manifest = read_manifest(root)
     # the files are hashed on other threads (hashlib lets go of the GIL) while the model loads:
-    # start-up pays for the slower of the two, not their sum
-    with HashCheck(root, manifest) as check:
+    # start-up pays for the slower of the two, not their sum. The saved encoder never reads the
+    # export, so a model whose export is lost still loads, and 'shelver export' writes it again.
+    checked = _without_export(manifest) if encoder == "saved" else manifest
+    with HashCheck(root, checked) as check:
         try:
             model = _build(root, manifest, taxonomy, encoder, threads)
         except Exception:
@@ -364,10 +366,18 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+def _without_export(manifest: dict[str, Any]) -> dict[str, Any]:
+    files = {n: h for n, h in manifest["files"].items() if not n.startswith(f"{ONNX_DIR}/")}
+    return {**manifest, "files": files}
+
+
 def _restore(root: Path, name: str) -> str:
-    """How to get a missing file back (the manifest covers the export, so it cannot be re-made)."""
+    """How to get a missing file back."""
     if name.startswith(f"{ONNX_DIR}/"):
-        return "the ONNX export is part of the model: copy the model directory whole, or train and export it"
+        return (
+            f"export the model again ('shelver export --model {root}', which needs the encoder it "
+            "was trained with), or copy the model directory whole"
+        )
     return "copy the model directory whole, or train it again"
 
 
