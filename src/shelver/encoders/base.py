@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -109,3 +109,10 @@ def encodable(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "replace").decode("utf-8")
     return text
+
+
+def token_ids(tokenizer: Any, texts: Sequence[str], special_tokens: bool = True) -> list[list[int]]:
+    """Each text's token ids from a ``tokenizers.Tokenizer``, one text at a time: ``encode_batch``
+    runs a thread pool whose idle threads busy-wait, taking cores from onnxruntime and the caller
+    (4 queries through the ONNX encoder: 4.3 ms with it, 3.0 ms without)."""
+    return [tokenizer.encode(encodable(t), add_special_tokens=special_tokens).ids for t in texts]

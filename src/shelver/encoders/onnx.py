@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from shelver.encoders.base import encodable
+from shelver.encoders.base import token_ids
 from shelver.errors import ConfigError, ModelDirError
 
 CONFIG_FILE = "encoder.json"
@@ -83,8 +83,8 @@ class OnnxEncoder:
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         if len(texts) == 1:  # the request path: no sorting, no batching, no padding
-            return self._run_one(encodable(texts[0]))
-        ids = [self._tokenizer.encode(encodable(t)).ids for t in texts]
+            return self._run_one(token_ids(self._tokenizer, texts)[0])
+        ids = token_ids(self._tokenizer, texts)
         lengths = np.array([len(i) for i in ids], dtype=np.intp)
         order = np.argsort(lengths, kind="stable")  # similar lengths share a call: little padding
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -94,8 +94,8 @@ class OnnxEncoder:
             out[rows] = self._run(self._padded([ids[i] for i in rows]))
         return out
 
-    def _run_one(self, text: str) -> np.ndarray:
-        ids = np.array([self._tokenizer.encode(text).ids], dtype=np.int64)
+    def _run_one(self, tokens: list[int]) -> np.ndarray:
+        ids = np.array([tokens], dtype=np.int64)
         feed = {name: values[:, : ids.shape[1]] for name, values in self._single}
         feed["input_ids"] = ids
         return self._session.run(self._outputs, feed)[0].astype(np.float32, copy=False)
@@ -105,11 +105,10 @@ class OnnxEncoder:
 
     def feed(self, texts: list[str]) -> dict[str, np.ndarray]:
         """The graph's inputs for ``texts``, tokenized and padded together (in the order given)."""
-        return self._padded([self._tokenizer.encode(encodable(t)).ids for t in texts])
+        return self._padded(token_ids(self._tokenizer, texts))
 
     def _padded(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
-        """Token ids padded to the longest, with their attention mask (one text at a time is
-        tokenized: ``encode_batch``'s thread pool busy-waits, taking the cores onnxruntime uses)."""
+        """Token ids padded to the longest, with their attention mask."""
         width = max(len(i) for i in ids)
         columns = {"input_ids": np.full((len(ids), width), int(self.config["pad_id"]), dtype=np.int64)}
         columns["attention_mask"] = np.zeros((len(ids), width), dtype=np.int64)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from shelver.encoders.base import encodable
+from shelver.encoders.base import token_ids
 from shelver.errors import ConfigError, ModelDirError
 
 CONFIG_FILE = "static.json"
@@ -66,16 +66,15 @@ class StaticEncoder:
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         if len(texts) == 1:  # the request path
-            ids = self._tokenizer.encode(encodable(texts[0]), add_special_tokens=False).ids
+            ids = token_ids(self._tokenizer, texts, special_tokens=False)[0]
             return _unit_row(self.vectors[ids].sum(axis=0, dtype=np.float32)) if ids else self._zeros(1)
         out = [self._encode_chunk(texts[s : s + CHUNK]) for s in range(0, len(texts), CHUNK)]
         return np.concatenate(out) if out else self._zeros(0)
 
     def _encode_chunk(self, texts: Sequence[str]) -> np.ndarray:
-        # one text at a time: encode_batch's thread pool busy-waits beside the caller's other work
-        encodings = [self._tokenizer.encode(encodable(t), add_special_tokens=False) for t in texts]
-        lengths = np.array([len(e.ids) for e in encodings], dtype=np.intp)
-        ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.intp, count=int(lengths.sum()))
+        tokens = token_ids(self._tokenizer, texts, special_tokens=False)
+        lengths = np.array([len(t) for t in tokens], dtype=np.intp)
+        ids = np.fromiter((i for t in tokens for i in t), dtype=np.intp, count=int(lengths.sum()))
         out = self._zeros(len(texts))
         filled = lengths > 0  # an empty text keeps a zero vector
         if filled.any():
