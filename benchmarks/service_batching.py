@@ -63,11 +63,7 @@ def in_process(model_dir: Path, texts: list[str], n: int) -> dict:
     model = load_model(model_dir, encoder="serving", threads=1)
     for text in texts[:100]:
         model.classify([text])
-    seconds = []
-    for text in (texts * (n // len(texts) + 1))[:n]:
-        started = time.perf_counter()
-        model.classify([text])
-        seconds.append(time.perf_counter() - started)
+    seconds = _one_at_a_time(model, (texts * (n // len(texts) + 1))[:n])
     p50 = float(np.median(seconds))
     out = {
         "queries": n,
@@ -76,20 +72,22 @@ def in_process(model_dir: Path, texts: list[str], n: int) -> dict:
     }
     out["capacity_per_s"] = round(1 / p50, 1)
     out |= {f"batch_{b}_q_per_s": _batch_rate(model, texts[:n], b) for b in (8, 64)}
-    out["paused_p50_ms"] = _paused_p50(model, texts[:300])
+    # calls 4 ms apart, as under moderate load: a MiniLM call reads its ~10 MB of int8 weights,
+    # which other work may have moved out of cache meanwhile
+    out["paused_p50_ms"] = round(float(np.median(_one_at_a_time(model, texts[:300], 0.004))) * 1e3, 4)
     return out
 
 
-def _paused_p50(model: object, texts: list[str], pause: float = 0.004) -> float:
-    """p50 of one query when calls are ``pause`` s apart, as under moderate load: a MiniLM call
-    reads its ~10 MB of int8 weights, which other work may have moved out of cache meanwhile."""
+def _one_at_a_time(model: object, texts: list[str], pause: float = 0.0) -> list[float]:
+    """Seconds of ``classify([text])`` for each text, ``pause`` seconds apart."""
     seconds = []
     for text in texts:
-        time.sleep(pause)
+        if pause:
+            time.sleep(pause)
         started = time.perf_counter()
         model.classify([text])  # type: ignore[attr-defined]
         seconds.append(time.perf_counter() - started)
-    return round(float(np.median(seconds)) * 1e3, 4)
+    return seconds
 
 
 def _batch_rate(model: object, texts: list[str], batch: int) -> float:
